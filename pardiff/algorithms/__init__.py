@@ -1,0 +1,5 @@
+"""SPMD algorithms: each is a function of one rank's Context, written against Comm."""
+from .se2p import se2p
+from .sequential import sequential
+
+ALGORITHMS = {"sequential": sequential, "se2p": se2p}

@@ -1,0 +1,131 @@
+"""The run configuration: one object, validated at the edge.
+
+Every check names the command-line flag it is about, so a bad γ, ρ, rank count,
+path or shape stops the job with one clear message before any rank starts work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+ALGORITHMS = ("sequential", "se2p")
+SAMPLERS = ("ddpm",)
+INTEGRATIONS = ("predictor", "naive", "predictor-tk1")
+MU_PRED = ("ho", "as-printed")
+SEED_SHARING = ("message", "precomputed")
+RETURN_LATENT = ("on-grid", "proc0")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+OUT_EXTENSIONS = (".npy", ".png")
+
+
+class ConfigError(ValueError):
+    """A bad command-line value; the message starts with the flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+@dataclass
+class RunConfig:
+    algorithm: str
+    model: str = "gmm"
+    steps: int = 10
+    seed: int = 0
+    batch: int = 1
+    class_label: int = -1            # -1: unconditional
+    device: str = "auto"
+    dtype: str = "float32"
+    out: str | None = None
+    trace: str | None = None
+    report: str | None = None
+    # sequential
+    sampler: str = "ddpm"
+    # SE2P
+    gamma: float = 0.015
+    rho: float = 1.35
+    integration: str = "predictor"
+    mu_pred: str = "ho"
+    seed_sharing: str = "message"
+    return_latent: str = "on-grid"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self, world_size: int) -> None:
+        """Checks that need no model: values, ranges, paths, the number of ranks."""
+        _choice("ALGO", self.algorithm, ALGORITHMS)
+        _choice("--sampler", self.sampler, SAMPLERS)
+        _choice("--integration", self.integration, INTEGRATIONS)
+        _choice("--mu-pred", self.mu_pred, MU_PRED)
+        _choice("--seed-sharing", self.seed_sharing, SEED_SHARING)
+        _choice("--return-latent", self.return_latent, RETURN_LATENT)
+        _choice("--device", self.device, DEVICES)
+        _choice("--dtype", self.dtype, DTYPES)
+        if self.steps < 1:
+            raise ConfigError("--steps", f"must be at least 1, got {self.steps}")
+        if self.batch < 1:
+            raise ConfigError("--batch", f"must be at least 1, got {self.batch}")
+        if self.seed < 0:
+            raise ConfigError("--seed", f"must be >= 0, got {self.seed}")
+        if self.class_label < -1:
+            raise ConfigError("--class-label", f"must be -1 (unconditional) or a class index, got {self.class_label}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError("--gamma", f"the mixing parameter γ must be in (0, 1], got {self.gamma}")
+        if not self.rho > 0:
+            raise ConfigError("--rho", f"the variance scaling ρ must be > 0, got {self.rho}")
+        from .models import check_model_spec
+        try:
+            check_model_spec(self.model)
+        except ValueError as e:
+            raise ConfigError("--model", str(e)) from None
+        if self.out is not None:
+            if os.path.splitext(self.out)[1].lower() not in OUT_EXTENSIONS:
+                raise ConfigError("--out", f"must end in .npy or .png, got {self.out!r}")
+            _writable("--out", self.out)
+        if self.trace is not None:
+            _writable("--trace", self.trace)
+        if self.report is not None:
+            if not self.report.endswith(".json"):
+                raise ConfigError("--report", f"must end in .json, got {self.report!r}")
+            _writable("--report", self.report)
+        if self.algorithm == "sequential" and world_size != 1:
+            raise ConfigError("ranks", f"sequential runs on 1 rank, but {world_size} were launched "
+                                       "(use mpiexec -n 1, or no mpiexec)")
+        if self.algorithm == "se2p" and world_size < 2:
+            raise ConfigError("ranks", f"se2p needs at least 2 ranks (one per Proc), but {world_size} "
+                                       "was launched: use mpiexec -n 2 (Algorithm 1) or -n P (Algorithm 2)")
+
+    def validate_with_model(self, model, world_size: int) -> None:
+        """Checks that need the loaded model's schedule and classes."""
+        T = model.schedule.T
+        if self.steps > T:
+            raise ConfigError("--steps", f"the model has {T} timesteps; got {self.steps} steps")
+        if self.algorithm == "se2p":
+            top = model.schedule.timesteps(self.steps)[0] + world_size - 1
+            if top > T - 1:
+                raise ConfigError("--steps", f"with {self.steps} steps on {world_size} ranks Proc 0 would "
+                                             f"evaluate at t = {top} > {T - 1}; use fewer steps or ranks")
+        if self.class_label >= 0:
+            if model.num_classes is None:
+                raise ConfigError("--class-label", f"model {self.model!r} is not class-conditional")
+            if self.class_label >= model.num_classes:
+                raise ConfigError("--class-label", f"model {self.model!r} has classes 0..{model.num_classes - 1}, "
+                                                   f"got {self.class_label}")
+
+
+def _choice(flag: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(flag, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _writable(flag: str, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(flag, f"folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(flag, f"folder {folder!r} is not writable")
+    if os.path.isdir(path):
+        raise ConfigError(flag, f"{path!r} is a folder, not a file")

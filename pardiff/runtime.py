@@ -1,0 +1,224 @@
+"""Runs one algorithm on the ranks of a job: validate, set up, run, write results.
+
+Three phases, in every rank:
+1. validate the configuration; 2. set up (device, model, trace). A bad value in
+either phase is agreed on by all ranks (one collective) and every rank exits
+with status 2 after one message — no rank starts work.
+3. run the algorithm under ``abort_on_error``: a rank that raises prints its
+traceback, flushes its trace rows and aborts the whole job, so no peer hangs.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from . import __version__, seeds
+from .comm.base import Comm
+from .config import ConfigError, RunConfig
+from .io import save_samples, write_json
+from .models import EpsModel, load_model
+from .trace.recorder import Recorder
+from .trace.writer import PartWriter, merge_parts
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Context:
+    """What one rank's algorithm code sees: its config, Comm, model and device."""
+
+    cfg: RunConfig
+    comm: Comm
+    model: EpsModel
+    device: torch.device
+    report: dict = field(default_factory=dict)   # algorithm-specific entries for --report
+
+    @property
+    def trace(self) -> Recorder:
+        return self.comm.recorder
+
+    @property
+    def schedule(self):
+        return self.model.schedule
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one latent batch: (batch, C, H, W)."""
+        return (self.cfg.batch, *self.model.sample_shape)
+
+    def eps(self, x: torch.Tensor, t, *, line: str, step: int = -1, iter: int = -1) -> torch.Tensor:
+        """One traced model evaluation ε_θ(x, t) (kind ``compute``, label ``eps``).
+
+        ``t`` is an int, or a list / CPU tensor of per-sample timesteps (batched points).
+        """
+        t_host = torch.as_tensor(t).reshape(-1)
+        labels = None
+        if self.cfg.class_label >= 0:
+            labels = torch.full((x.shape[0],), self.cfg.class_label, dtype=torch.long, device=self.device)
+        with self.trace.span("compute", "eps", line, step=step, iter=iter, t=int(t_host.max()),
+                             t_min=int(t_host.min()), batch=x.shape[0]):
+            out = self.model.eps(x, t if isinstance(t, int) else t_host, labels)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)   # so the event ends when the GPU is done
+        return out
+
+    def host(self, label: str, line: str, step: int = -1, iter: int = -1):
+        """A traced block of local arithmetic (kind ``host``)."""
+        return self.trace.span("host", label, line, step=step, iter=iter)
+
+    def noise(self, stream: int, *index: int) -> torch.Tensor:
+        """The run's Gaussian for (stream, index...): identical on every rank (pardiff.seeds)."""
+        return seeds.gaussian(self.shape, seeds.seed_for(self.cfg.seed, stream, *index), self.device)
+
+    def empty(self) -> torch.Tensor:
+        """An uninitialised latent batch on this rank's device (a receive buffer)."""
+        return torch.empty(self.shape, dtype=torch.float32, device=self.device)
+
+
+@contextmanager
+def abort_on_error(comm: Comm):
+    """Turn any exception on this rank into a job-wide abort (no hung peers)."""
+    try:
+        yield
+    except BaseException as e:
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        sys.stderr.write(f"pardiff: rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        try:
+            comm.recorder.close()      # keep the trace rows recorded so far
+        except Exception:
+            pass
+        if comm.size > 1:
+            comm.abort(1)
+        raise SystemExit(1)
+
+
+def agree(comm: Comm, error: str | None) -> bool:
+    """All ranks learn whether any rank failed a check; rank 0 prints the messages."""
+    errors = [e for e in comm.allgather_object(error) if e]
+    if errors and comm.rank == 0:
+        for message in dict.fromkeys(errors):
+            sys.stderr.write(f"pardiff: error: {message}\n")
+        sys.stderr.flush()
+    return bool(errors)
+
+
+def select_device(cfg: RunConfig, comm: Comm) -> torch.device:
+    """cpu, or the GPU ``local rank mod GPU count`` (one GPU per rank on each node)."""
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda was asked for but torch sees no GPU")
+    local_rank = getattr(comm, "local_rank", comm.rank)
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def _set_threads(comm: Comm, device: torch.device) -> None:
+    """Share the node's cores among its ranks, unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        local_size = getattr(comm, "local_size", 1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+
+
+def _versions(comm: Comm) -> dict:
+    import h5py
+    import mpi4py
+    import numpy
+    v = {"pardiff": __version__, "python": platform.python_version(), "torch": torch.__version__,
+         "numpy": numpy.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__}
+    if hasattr(comm, "library_version"):
+        v["mpi"] = comm.library_version
+    if torch.version.cuda:
+        v["cuda"] = torch.version.cuda
+    return v
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device) -> None:
+    """Align clocks to rank 0 and attach this rank's recorder (with a part writer if --trace)."""
+    offset, rtt = comm.measure_clock_offset(time.perf_counter)
+    epoch0 = comm.allgather_object(time.perf_counter() if comm.rank == 0 else None)[0]
+    writer = None
+    if cfg.trace:
+        root = {"algorithm": cfg.algorithm, "world_size": comm.size, "params": cfg.to_dict(), "clock": "wall",
+                "backend": comm.backend, "versions": _versions(comm),
+                "epoch_unix": time.time() - (time.perf_counter() - (epoch0 + offset))}
+        rank_attrs = {"host": socket.gethostname(), "device": _device_name(device), "pid": os.getpid(),
+                      "clock_offset_s": offset, "clock_rtt_s": rtt}
+        writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
+    comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
+
+
+def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
+    """Run ``algorithm(ctx)`` on every rank of ``comm``; returns the exit status."""
+    error = None
+    try:
+        cfg.validate(comm.size)
+    except ConfigError as e:
+        error = str(e)
+    if agree(comm, error):
+        return 2
+
+    model = device = None
+    try:
+        device = select_device(cfg, comm)
+        _set_threads(comm, device)
+        model = load_model(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
+        cfg.validate_with_model(model, comm.size)
+    except ConfigError as e:
+        error = str(e)
+    except ValueError as e:         # a model that cannot be loaded
+        error = f"--model: {e}"
+    if agree(comm, error):
+        return 2
+
+    with abort_on_error(comm):
+        _start_trace(cfg, comm, device)
+        ctx = Context(cfg, comm, model, device)
+        comm._barrier()            # start together, so wall time measures the algorithm alone
+        t_start = time.perf_counter()
+        sample = algorithm(ctx)
+        wall_s = time.perf_counter() - t_start
+        _finish(ctx, sample, wall_s)
+    return 0
+
+
+def _finish(ctx: Context, sample, wall_s: float) -> None:
+    """Write the sample and the report on rank 0; merge the trace parts."""
+    cfg, comm = ctx.cfg, ctx.comm
+    comm.recorder.close()
+    totals = {f"{k}/{l}": v for (k, l), v in comm.recorder.totals.items()}
+    stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, "totals": totals,
+                                   "nfe": comm.recorder.count("compute", "eps"),
+                                   "device": _device_name(ctx.device)})
+    if comm.rank != 0:
+        return
+    if cfg.out:
+        save_samples(cfg.out, sample, ctx.model)
+    if cfg.trace:
+        merge_parts(cfg.trace, world_size=comm.size)
+    if cfg.report:
+        report = {"algorithm": cfg.algorithm, "world_size": comm.size, "wall_s": max(s["wall_s"] for s in stats),
+                  "nfe": sum(s["nfe"] for s in stats), "per_rank": stats, "params": cfg.to_dict(),
+                  "versions": _versions(comm)}
+        report.update(ctx.report)
+        write_json(cfg.report, report)
