@@ -108,6 +108,9 @@ class RunConfig:
             if top > T - 1:
                 raise ConfigError("--steps", f"with {self.steps} steps on {world_size} ranks Proc 0 would "
                                              f"evaluate at t = {top} > {T - 1}; use fewer steps or ranks")
+        if self.out and self.out.lower().endswith(".png") and model.image_channels not in (1, 3):
+            raise ConfigError("--out", f"a PNG needs 1 or 3 image channels; {self.model!r} makes "
+                                       f"{model.image_channels} (write .npy instead)")
         if self.class_label >= 0:
             if model.num_classes is None:
                 raise ConfigError("--class-label", f"model {self.model!r} is not class-conditional")

@@ -25,6 +25,11 @@ class EpsModel:
     def eps(self, x: torch.Tensor, t, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of ``decode``'s images (a latent model's VAE may change them)."""
+        return self.sample_shape[0]
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1]; pixel-space models return x."""
         return x

@@ -27,15 +27,22 @@ class Trace:
     def ranks(self) -> list[int]:
         return sorted(self.events)
 
-    def messages(self) -> list[tuple[np.void, np.void]]:
-        """Every (send row, recv row) pair, matched by (sender, receiver, tag) in order."""
+    def message_pairs(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Every matched message as ((sender, send row), (receiver, recv row)), rows as indices.
+
+        Sends match recvs by (sender, receiver, tag) in order: MPI's non-overtaking rule.
+        """
         sends, recvs = defaultdict(list), defaultdict(list)
         for r, ev in self.events.items():
-            for row in ev[ev["kind"] == "send"]:
-                sends[(r, int(row["peer"]), int(row["tag"]))].append(row)
-            for row in ev[ev["kind"] == "recv"]:
-                recvs[(int(row["peer"]), r, int(row["tag"]))].append(row)
-        return [(s, r) for key in sends for s, r in zip(sends[key], recvs.get(key, []))]
+            for i in np.flatnonzero(ev["kind"] == "send"):
+                sends[(r, int(ev["peer"][i]), int(ev["tag"][i]))].append((r, int(i)))
+            for i in np.flatnonzero(ev["kind"] == "recv"):
+                recvs[(int(ev["peer"][i]), r, int(ev["tag"][i]))].append((r, int(i)))
+        return [pair for key in sends for pair in zip(sends[key], recvs.get(key, []))]
+
+    def messages(self) -> list[tuple[np.void, np.void]]:
+        """Every matched message as (send row, recv row)."""
+        return [(self.events[sr][si], self.events[rr][ri]) for (sr, si), (rr, ri) in self.message_pairs()]
 
 
 def _decode_attr(value):
@@ -64,7 +71,7 @@ def _decode_events(raw: np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: str, trace: Trace) -> None:
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:   # a killed run may still hold its lock
         if f.attrs.get("format") not in (FORMAT, FORMAT.encode()):
             raise ValueError(f"{path} is not a pardiff trace (format attribute missing)")
         if not trace.attrs:

@@ -2,7 +2,7 @@
 
 HDF5 from PyPI has no parallel (MPI-IO) build, so ranks never share a file while
 running: rank r appends to ``<trace>.parts/rank<r>.h5`` (flushed every
-``FLUSH_ROWS`` rows or ``FLUSH_SECONDS``), and at the end rank 0 copies every part
+``FLUSH_ROWS`` rows, or once a row has waited ``FLUSH_SECONDS``), and at the end rank 0 copies every part
 into the one trace file. A crashed run leaves its parts behind, each a valid
 trace holding its rank's flushed rows; ``pardiff trace merge`` assembles them.
 """
@@ -43,12 +43,15 @@ class PartWriter:
         self._events = group.create_dataset("events", shape=(0,), maxshape=(None,),
                                             dtype=EVENT_DTYPE, chunks=(256,),
                                             compression="gzip", shuffle=True)
+        self._file.flush()
         self._rows: list[tuple] = []
-        self._last_flush = time.monotonic()
+        self._oldest = 0.0           # when the oldest buffered row arrived
 
     def append(self, row: tuple) -> None:
+        if not self._rows:
+            self._oldest = time.monotonic()
         self._rows.append(row)
-        if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+        if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._oldest > FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -61,7 +64,6 @@ class PartWriter:
             self._events[n:] = rows
             self._rows.clear()
         self._file.flush()
-        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
@@ -86,7 +88,7 @@ def merge_parts(trace_path: str, world_size: int | None = None, root_attrs: dict
     merged = []
     with h5py.File(tmp, "w") as dst:
         for name in names:
-            with h5py.File(os.path.join(src_dir, name), "r") as src:
+            with h5py.File(os.path.join(src_dir, name), "r", locking=False) as src:
                 if not merged:
                     attrs = dict(src.attrs) if root_attrs is None else root_attrs
                     write_root_attrs(dst, {k: v for k, v in attrs.items() if k not in ("format", "version")})

@@ -1,0 +1,237 @@
+"""Trace tools (summary, plot, Chrome export) on small synthetic traces with known times.
+
+Times are multiples of U = 2**-10 s, so every sum below is exact in floating point.
+"""
+import json
+import os
+
+import pytest
+
+from pardiff.trace.export import to_chrome, write_chrome
+from pardiff.trace.format import parts_dir
+from pardiff.trace.plot import plot_timeline
+from pardiff.trace.reader import load_trace
+from pardiff.trace.recorder import Recorder
+from pardiff.trace.summary import format_summary, summarize
+from pardiff.trace.writer import PartWriter, merge_parts
+
+U = 2.0 ** -10
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def approx(units):
+    return pytest.approx(units * U, abs=1e-12)
+
+
+def write_trace(path, ranks, merge=True, algorithm="se2p"):
+    """ranks: {rank: [(kind, label, start, end, fields), ...]} with times in units of U."""
+    root = dict(algorithm=algorithm, world_size=len(ranks), clock="virtual", backend="virtual",
+                params={"steps": 2, "model": "gmm", "schedule": {"name": "linear", "T": 1000}},
+                versions={"pardiff": "0.1.0"}, epoch_unix=1.7e9)
+    for r, rows in ranks.items():
+        writer = PartWriter(str(path), r, root, dict(host=f"node{r}", device=f"cuda:{r}",
+                                                     clock_offset_s=0.0, clock_rtt_s=0.0))
+        rec = Recorder(r, writer=writer)
+        for kind, label, start, end, fields in rows:
+            if "t_ready" in fields:
+                fields = dict(fields, t_ready=fields["t_ready"] * U)
+            rec.record(kind, label, "SE2P-A1:1", start * U, end * U, **fields)
+        rec.close()
+    if merge:
+        merge_parts(str(path))
+    return load_trace(str(path))
+
+
+# Rank 0 evaluates eps, sends x_pred to rank 1 (which waited for it), waits for the latent back.
+PING_PONG = {
+    0: [("compute", "eps", 0, 10, dict(t=999, batch=1)),
+        ("host", "x_pred", 10, 11, {}),
+        ("send", "x_pred", 11, 12, dict(peer=1, tag=1, seq=0, nbytes=1000, path="host")),
+        ("recv", "latent", 12, 30, dict(peer=1, tag=2, seq=0, nbytes=2000, path="host", t_ready=27.5)),
+        ("host", "integrate", 30, 31, {})],
+    1: [("recv", "x_pred", 0, 13, dict(peer=0, tag=1, seq=0, nbytes=1000, path="host", t_ready=11.5)),
+        ("compute", "eps", 13, 25, dict(t=500, t_min=499, batch=2)),
+        ("host", "denoise", 25, 27, {}),
+        ("send", "latent", 27, 28, dict(peer=0, tag=2, seq=0, nbytes=2000, path="host"))],
+}
+
+
+@pytest.fixture
+def ping_pong(tmp_path):
+    return write_trace(tmp_path / "pp.h5", PING_PONG)
+
+
+def test_summary_per_rank(ping_pong):
+    s = summarize(ping_pong)
+    r0, r1 = s["ranks"][0], s["ranks"][1]
+    assert r0["wall_s"] == approx(31) and r1["wall_s"] == approx(28)
+    assert r0["compute_s"] == approx(10) and r1["compute_s"] == approx(12)
+    assert r0["host_s"] == approx(2) and r1["host_s"] == approx(2)
+    assert r0["comm_s"] == approx(1 + 2.5) and r1["comm_s"] == approx(1.5 + 1)
+    assert r0["collective_s"] == 0 and r1["collective_s"] == 0
+    assert r0["wait_s"] == approx(15.5) and r1["wait_s"] == approx(11.5)
+    assert r0["idle_s"] == approx(0) and r1["idle_s"] == approx(3)
+    assert (r0["nfe"], r0["nfe_samples"], r1["nfe"], r1["nfe_samples"]) == (1, 1, 1, 2)
+    assert (r0["messages_sent"], r0["bytes_sent"], r0["messages_received"], r0["bytes_received"]) == (1, 1000, 1, 2000)
+    assert (r1["messages_sent"], r1["bytes_sent"], r1["messages_received"], r1["bytes_received"]) == (1, 2000, 1, 1000)
+
+
+def test_summary_run_labels_and_critical_path(ping_pong):
+    s = summarize(ping_pong)
+    run = s["run"]
+    assert run["wall_s"] == approx(31)
+    assert (run["nfe"], run["nfe_samples"], run["messages"], run["bytes"], run["messages_matched"]) == (2, 3, 2, 3000, 2)
+    assert (run["algorithm"], run["world_size"], run["clock"]) == ("se2p", 2, "virtual")
+
+    rows = {(r["rank"], r["kind"], r["label"]): r for r in s["labels"]}
+    assert len(rows) == 9
+    assert rows[(0, "recv", "latent")]["seconds"] == approx(18)
+    assert rows[(0, "recv", "latent")]["wait_s"] == approx(15.5)
+    assert rows[(0, "recv", "latent")]["bytes"] == 2000
+    assert rows[(1, "host", "denoise")]["count"] == 1
+
+    # eps(0) x_pred send -> recv(1) eps denoise send -> recv(0) integrate: the recvs are
+    # reached through their messages, so only their parts after the send count.
+    cp = s["critical_path"]
+    assert cp["length_s"] == approx(31)
+    assert cp["compute_s"] == approx(10 + 12)
+    assert cp["host_s"] == approx(1 + 2 + 1)
+    assert cp["comm_s"] == approx(1 + 1 + 1 + 2)
+    assert cp["wait_s"] == approx(0)
+    assert cp["end_rank"] == 0
+
+
+def test_critical_path_ignores_a_message_that_waited_in_a_buffer(tmp_path):
+    # Rank 0 sends at once; rank 1 is idle, then computes, then finds the message ready.
+    trace = write_trace(tmp_path / "buf.h5", {
+        0: [("send", "seed", 0, 1, dict(peer=1, tag=3, nbytes=8))],
+        1: [("compute", "eps", 2, 10, dict(t=10, batch=1)),
+            ("recv", "seed", 10, 10.5, dict(peer=0, tag=3, nbytes=8, t_ready=10))],
+    })
+    s = summarize(trace)
+    assert s["run"]["wall_s"] == approx(10.5)
+    assert s["ranks"][0]["idle_s"] == approx(9.5) and s["ranks"][1]["idle_s"] == approx(2)
+    cp = s["critical_path"]
+    assert (cp["length_s"], cp["compute_s"], cp["comm_s"], cp["wait_s"]) == (approx(8.5), approx(8), approx(0.5), approx(0))
+    assert cp["end_rank"] == 1
+
+
+def test_collectives_count_as_communication(tmp_path):
+    trace = write_trace(tmp_path / "coll.h5", {
+        0: [("compute", "eps", 0, 4, dict(batch=4)), ("collective", "allgather", 4, 9, dict(nbytes=64))],
+        1: [("compute", "eps", 0, 8, dict(batch=4)), ("collective", "allgather", 8, 9, dict(nbytes=64))],
+    })
+    s = summarize(trace)
+    assert s["ranks"][0]["comm_s"] == approx(5) and s["ranks"][0]["collective_s"] == approx(5)
+    assert s["ranks"][1]["comm_s"] == approx(1) and s["ranks"][0]["wait_s"] == 0
+    assert s["run"]["nfe_samples"] == 8
+    assert s["critical_path"]["length_s"] == approx(9)
+
+
+def test_format_summary(ping_pong):
+    text = format_summary(ping_pong)
+    lines = text.splitlines()
+    assert "se2p" in lines[1] and "world size 2" in lines[1] and "clock virtual" in lines[1]
+    assert any(l.startswith("params") and "steps=2" in l for l in lines)
+    rank_rows = [l.split() for l in lines if l.split()[:1] in (["0"], ["1"]) and len(l.split()) == 15]
+    assert [row[0] for row in rank_rows] == ["0", "1"]
+    # rank 1: wall 28 U, idle 3 U, in ms
+    assert rank_rows[1][1] == f"{28 * U * 1e3:.3f}" and rank_rows[1][7] == f"{3 * U * 1e3:.3f}"
+    assert rank_rows[1][-1] == "node1/cuda:1"
+    for label in ("eps", "x_pred", "latent", "integrate", "denoise"):
+        assert f" {label} " in text
+    assert f"critical path {31 * U * 1e3:.3f} ms (100.0% of wall), ends on rank 0" in text
+
+
+def test_parts_of_a_crashed_run_summarise(tmp_path, ping_pong):
+    path = tmp_path / "crashed.h5"
+    trace = write_trace(path, PING_PONG, merge=False)
+    assert not os.path.exists(path) and os.path.isdir(parts_dir(str(path)))
+    assert trace.ranks == [0, 1]
+    assert summarize(trace) == summarize(ping_pong)
+    assert "critical path" in format_summary(trace)
+
+
+def test_missing_rank_and_unmatched_send(tmp_path):
+    # Rank 1 crashed before flushing anything: rank 0's send has no recv.
+    path = tmp_path / "half.h5"
+    write_trace(path, {0: PING_PONG[0][:3]}, merge=False)
+    s = summarize(load_trace(str(path)))
+    assert s["run"]["messages"] == 1 and s["run"]["messages_matched"] == 0
+    assert s["critical_path"]["length_s"] == approx(12)
+
+
+def _ring(n_ranks, steps):
+    """Each step every rank evaluates eps, updates, sends to the next rank, receives from the previous."""
+    ranks = {r: [] for r in range(n_ranks)}
+    for k in range(steps):
+        base = 10 * k
+        for r in range(n_ranks):
+            fields = dict(peer=(r + 1) % n_ranks, tag=7, seq=k, nbytes=4096) if n_ranks > 1 else None
+            ranks[r].append(("compute", "eps", base, base + 6 + r * 0.5, dict(t=1000 - k, batch=1)))
+            ranks[r].append(("host", "x_pred", base + 6 + r * 0.5, base + 7, {}))
+            if fields:
+                ranks[r].append(("send", "x_pred", base + 7, base + 7.5, fields))
+                ranks[r].append(("recv", "x_pred", base + 7.5, base + 9,
+                                 dict(fields, peer=(r - 1) % n_ranks, t_ready=base + 8)))
+    return ranks
+
+
+@pytest.mark.parametrize("n_ranks,steps", [(1, 5), (2, 3), (3, 250)])
+def test_plot_timeline_writes_png(tmp_path, n_ranks, steps):
+    trace = write_trace(tmp_path / "ring.h5", _ring(n_ranks, steps))
+    assert sum(len(ev) for ev in trace.events.values()) == n_ranks * steps * (2 if n_ranks == 1 else 4)
+    out = tmp_path / "ring.png"
+    assert plot_timeline(trace, str(out)) == str(out)
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+
+
+def test_plot_of_the_ping_pong(tmp_path, ping_pong):
+    out = tmp_path / "pp.png"
+    plot_timeline(ping_pong, str(out), width=8)
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+
+
+def test_ring_summary_at_scale(tmp_path):
+    s = summarize(write_trace(tmp_path / "ring.h5", _ring(3, 250)))
+    assert (s["run"]["nfe"], s["run"]["messages"], s["run"]["messages_matched"]) == (750, 750, 750)
+    assert s["run"]["wall_s"] == approx(2499)
+    # Per step a rank's own chain is eps + x_pred (7 U), send (0.5), recv (0.5 waiting + 1
+    # transfer): 9 U. Through the message a recv adds only 1 U after the 7.5 U of its sender's
+    # chain, so the own chain wins. The 1 U gap between steps is not on the path.
+    cp = s["critical_path"]
+    assert cp["length_s"] == approx(9 * 250)
+    assert cp["wait_s"] == approx(0.5 * 250) and cp["comm_s"] == approx(1.5 * 250)
+    assert cp["compute_s"] + cp["host_s"] == approx(7 * 250)
+
+
+def test_chrome_export(tmp_path, ping_pong):
+    doc = to_chrome(ping_pong)
+    ev = doc["traceEvents"]
+    complete = [e for e in ev if e["ph"] == "X"]
+    assert len(complete) == 9
+    eps1 = next(e for e in complete if e["tid"] == 1 and e["name"] == "eps")
+    assert eps1["cat"] == "compute" and eps1["pid"] == 0
+    assert eps1["ts"] == pytest.approx(13 * U * 1e6, abs=1e-3)
+    assert eps1["dur"] == pytest.approx(12 * U * 1e6, abs=1e-3)
+    assert eps1["args"]["t"] == 500 and eps1["args"]["t_min"] == 499 and eps1["args"]["batch"] == 2
+    send0 = next(e for e in complete if e["cat"] == "send")
+    assert (send0["args"]["peer"], send0["args"]["tag"], send0["args"]["nbytes"], send0["args"]["path"]) == (1, 1, 1000, "host")
+
+    names = {e["tid"]: e["args"]["name"] for e in ev if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {0: "rank 0 (node0, cuda:0)", 1: "rank 1 (node1, cuda:1)"}
+
+    starts = {e["id"]: e for e in ev if e["ph"] == "s"}
+    ends = {e["id"]: e for e in ev if e["ph"] == "f"}
+    assert len(starts) == 2 and starts.keys() == ends.keys()
+    assert all(e["bp"] == "e" for e in ends.values())
+    x_pred = next(i for i, e in starts.items() if e["name"] == "x_pred")
+    assert (starts[x_pred]["tid"], ends[x_pred]["tid"]) == (0, 1)
+    assert starts[x_pred]["ts"] == pytest.approx(11.5 * U * 1e6, abs=1e-3)     # mid-send [11, 12]
+    assert ends[x_pred]["ts"] == pytest.approx(12.25 * U * 1e6, abs=1e-3)      # mid-transfer [11.5, 13]
+
+    out = tmp_path / "pp.json"
+    write_chrome(ping_pong, str(out))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
