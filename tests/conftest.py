@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+# mpi-pytest relaunches parallel tests with the `mpiexec` on PATH: make it the one beside this Python.
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 TEST_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 for _var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
     TEST_ENV.pop(_var, None)
