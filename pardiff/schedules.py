@@ -76,7 +76,8 @@ class Schedule:
         """The N sampling timesteps, largest first: ``[t_{N-1}, ..., t_0]``.
 
         ``leading`` with offset 1 is the jump sampling of SE2P App. C
-        (N=10 → 901, 801, ..., 1); all three spacings follow diffusers' ``set_timesteps``.
+        (N=10 → 901, 801, ..., 1; N=1000 → 999, ..., 0); all three spacings follow
+        diffusers' ``set_timesteps``.
         """
         return timesteps(num_steps, self.T, spacing, self.steps_offset if offset is None else offset)
 
@@ -87,6 +88,8 @@ def timesteps(num_steps: int, T: int = 1000, spacing: str = "leading", offset: i
     if not 1 <= N <= T:
         raise ValueError(f"number of steps must be in 1..{T}, got {N}")
     if spacing == "leading":
+        # The offset (1 in SE2P App. C) shrinks only where the grid would pass T - 1 (N > T/2).
+        offset = min(offset, T - 1 - (N - 1) * (T // N))
         ts = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64) + offset
     elif spacing == "trailing":
         ts = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
