@@ -38,7 +38,8 @@ class Schedule:
     betas: np.ndarray
     clip_sample: bool = False
     clip_sample_range: float = 1.0
-    steps_offset: int = 1
+    steps_offset: int = 1            # leading grids: SE2P App. C's offset unless the model's config sets one
+    set_alpha_to_one: bool = True    # DDIM: ᾱ past the last step is 1 (else ᾱ_0), as diffusers
 
     @classmethod
     def from_config(cls, config: dict) -> "Schedule":
@@ -47,7 +48,9 @@ class Schedule:
                            config.get("beta_end", 0.02), config.get("num_train_timesteps", 1000),
                            config.get("trained_betas"))
         return cls(betas=betas, clip_sample=bool(config.get("clip_sample", False)),
-                   clip_sample_range=float(config.get("clip_sample_range", 1.0)))
+                   clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+                   steps_offset=int(config.get("steps_offset", 1)),
+                   set_alpha_to_one=bool(config.get("set_alpha_to_one", True)))
 
     @property
     def T(self) -> int:
@@ -60,6 +63,11 @@ class Schedule:
     def alpha_bar(self, t: int) -> float:
         """ᾱ_t, with ᾱ_t = 1 for t < 0 (the clean end of the chain)."""
         return 1.0 if t < 0 else float(self._acp[t])
+
+    @property
+    def clip(self) -> float | None:
+        """The range x̂_0 is clamped to, or None where the model's scheduler does not clip."""
+        return self.clip_sample_range if self.clip_sample else None
 
     def beta(self, t: int) -> float:
         return float(self.betas[t])

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from pardiff import seeds
 from pardiff.models import load_model
 from pardiff.schedules import Schedule, default_schedule, make_betas, timesteps
-from pardiff.solvers import ddpm
+from pardiff.solvers import make_solver
 
 
 def test_se2p_appendix_c_jump_sampling():
@@ -53,19 +53,79 @@ def test_schedule_from_config_and_alpha_bar():
                                                               dtype=torch.float64))
 
 
+def run_ours(name, model, sched, steps, shape, seed=11):
+    solver = make_solver(name, sched, steps)
+    x = seeds.gaussian(shape, seed)
+    x0_prev = None
+    for j, t in enumerate(solver.timesteps):
+        z = seeds.gaussian(shape, seeds.seed_for(0, seeds.STEP, steps - 1 - j)) if solver.stochastic else None
+        x, x0_prev = solver.step(x, model.eps(x, t), j, x0_prev if solver.uses_history else None, noise=z)
+    return solver, x
+
+
+def run_diffusers(scheduler, model, steps, shape, seed=11, stochastic=False):
+    scheduler.set_timesteps(steps)
+    y = seeds.gaussian(shape, seed)
+    for j, t in enumerate(scheduler.timesteps):
+        kw = {"generator": torch.Generator().manual_seed(seeds.seed_for(0, seeds.STEP, steps - 1 - j))} \
+            if stochastic else {}
+        y = scheduler.step(model.eps(y, int(t)), t, y, **kw).prev_sample
+    return scheduler.timesteps.tolist(), y
+
+
 @pytest.mark.parametrize("clip", [False, True])
-def test_ddpm_jump_sampling_matches_diffusers_scheduler(clip):
-    """Our sequential DDPM chain equals diffusers' DDPMScheduler.step with the same noise draws."""
+def test_ddpm_matches_diffusers_scheduler(clip):
+    """Our DDPM chain equals diffusers' DDPMScheduler.step with the same noise draws."""
     model = load_model("gmm:3x8x8")
     sched = Schedule(betas=model.schedule.betas, clip_sample=clip)
-    ref = DDPMScheduler(clip_sample=clip, steps_offset=1, variance_type="fixed_small")
-    ref.set_timesteps(10)
-    shape = (2, 3, 8, 8)
-    x = y = seeds.gaussian(shape, 11)
-    ts = sched.timesteps(10)
-    for i, t in enumerate(ts):
-        z_seed = seeds.seed_for(0, seeds.STEP, i)
-        x = ddpm.step(sched, x, model.eps(x, t), t, ts[i + 1] if i + 1 < len(ts) else -1, seeds.gaussian(shape, z_seed))
-        g = torch.Generator().manual_seed(z_seed)
-        y = ref.step(model.eps(y, t), t, y, generator=g).prev_sample
+    solver, x = run_ours("ddpm", model, sched, 10, (2, 3, 8, 8))
+    ts, y = run_diffusers(DDPMScheduler(clip_sample=clip, steps_offset=1), model, 10, (2, 3, 8, 8),
+                          stochastic=True)
+    assert solver.timesteps == ts
     assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_matches_diffusers_scheduler(steps, clip):
+    model = load_model("gmm:3x8x8")
+    sched = Schedule(betas=model.schedule.betas, clip_sample=clip)
+    solver, x = run_ours("ddim", model, sched, steps, (2, 3, 8, 8))
+    ts, y = run_diffusers(DDIMScheduler(clip_sample=clip, steps_offset=1), model, steps, (2, 3, 8, 8))
+    assert solver.timesteps == ts
+    assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_ddim_final_alpha_of_a_model_without_set_alpha_to_one():
+    model = load_model("gmm:1x4x4")
+    sched = Schedule(betas=model.schedule.betas, set_alpha_to_one=False)
+    solver, x = run_ours("ddim", model, sched, 10, (1, 1, 4, 4))
+    _, y = run_diffusers(DDIMScheduler(set_alpha_to_one=False, steps_offset=1), model, 10, (1, 1, 4, 4))
+    assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 25, 50])
+def test_dpmsolver_matches_diffusers_multistep_scheduler(steps):
+    """DPM-Solver++ 2M with diffusers' defaults (midpoint, lower-order final, σ_final = 0, linspace)."""
+    model = load_model("gmm:3x8x8")
+    solver, x = run_ours("dpmsolver", model, model.schedule, steps, (2, 3, 8, 8))
+    ts, y = run_diffusers(DPMSolverMultistepScheduler(), model, steps, (2, 3, 8, 8))
+    assert solver.timesteps == ts
+    assert torch.allclose(x, y, atol=1e-4, rtol=1e-4), (x - y).abs().max()
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmsolver"])
+def test_batched_rows_equal_one_at_a_time(name):
+    """Stepping rows at different step indices in one batch gives the bits of stepping each alone."""
+    model = load_model("gmm:2x4x4")
+    solver = make_solver(name, model.schedule, 20)
+    x = seeds.gaussian((4, 2, 4, 4), 3)
+    j = torch.tensor([0, 5, 11, 19])
+    eps = torch.cat([model.eps(x[i:i + 1], solver.timesteps[int(j[i])]) for i in range(4)])
+    hist = seeds.gaussian((4, 2, 4, 4), 4)
+    z = seeds.gaussian((4, 2, 4, 4), 5)
+    batch, x0 = solver.step(x, eps, j, hist if solver.uses_history else None, noise=z)
+    for i in range(4):
+        one, one_x0 = solver.step(x[i:i + 1], eps[i:i + 1], int(j[i]),
+                                  hist[i:i + 1] if solver.uses_history else None, noise=z[i:i + 1])
+        assert torch.equal(batch[i:i + 1], one) and torch.equal(x0[i:i + 1], one_x0)

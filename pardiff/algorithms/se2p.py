@@ -13,7 +13,7 @@ import math
 import torch
 
 from .. import seeds
-from ..solvers import ddpm
+from ..solvers import ddpm, posterior
 
 # Line numbers of the pseudocode, Algorithm 1 (two procs) and Algorithm 2 (P procs).
 LINES = {
@@ -32,9 +32,9 @@ def mu_pred(sched, x0_hat, x, t_hat, reading="ho", algorithm="A1"):
     ``as-printed``: the formula as typeset, which divides by √(1−ᾱ_t̂) and, in
     Algorithm 1 only, has √ᾱ_t̂ where Algorithm 2 has √α_t̂.
     """
-    if reading == "ho":
-        return ddpm.posterior_mean(sched, x, x0_hat, t_hat, t_hat - 1)
     a, a_prev, beta = sched.alpha_bar(t_hat), sched.alpha_bar(t_hat - 1), sched.beta(t_hat)
+    if reading == "ho":
+        return posterior.posterior_mean(x, x0_hat, a, a_prev)
     x_coef = math.sqrt(a) if algorithm == "A1" else math.sqrt(1 - beta)
     return (math.sqrt(a_prev) * beta * x0_hat + x_coef * (1 - a_prev) * x) / math.sqrt(1 - a)
 
@@ -77,7 +77,8 @@ def se2p(ctx) -> torch.Tensor | None:
         t = t_grid[k] + P - 1 - p
         v = ctx.eps(x, t, line=line("eps"), step=k)
         with ctx.host("denoise", line("denoise"), step=k):
-            x = ddpm.step(sched, x, v, t, t - jump, seeds.gaussian(ctx.shape, seed, ctx.device))
+            z = seeds.gaussian(ctx.shape, seed, ctx.device)
+            x = ddpm.step(x, v, sched.alpha_bar(t), sched.alpha_bar(t - jump), z, sched.clip)
 
     # Line 19 (A2: 21): return the sample on Proc 0.
     if cfg.return_latent == "proc0":
@@ -97,10 +98,11 @@ def _predict_and_hand_over(ctx, x, v, k, t_hat, line, alg):
         comm.send(x, p + 1, label="latent", line=line("integrate"), step=k)
     else:
         with ctx.host("x_pred", line("x_pred"), step=k):
-            x0_hat = ddpm.predict_x0(sched, x, v, t_hat)                              # line 6
+            a, a_prev = sched.alpha_bar(t_hat), sched.alpha_bar(t_hat - 1)
+            x0_hat = posterior.predict_x0(x, v, a, sched.clip)                            # line 6
             mu = mu_pred(sched, x0_hat, x, t_hat, cfg.mu_pred, alg)                   # line 7
             eps = ctx.noise(seeds.PREDICTOR, k, p)                                    # line 8: own noise
-            x_pred = mu + cfg.rho * math.sqrt(ddpm.posterior_variance(sched, t_hat, t_hat - 1)) * eps
+            x_pred = mu + cfg.rho * math.sqrt(posterior.posterior_variance(a, a_prev)) * eps
         if cfg.integration == "predictor":
             comm.send(x_pred, p + 1, label="x_pred", line=line("integrate"), step=k)
         else:

@@ -93,6 +93,7 @@ SD2_BASE_SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "clip_sample": False,
     "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
     "steps_offset": 1,
     "trained_betas": None,
 }

@@ -1,46 +1,29 @@
-"""The DDPM step (Ho et al. 2020, Eq. 2 of SE2P), for any jump t -> t_prev.
+"""DDPM (Ho et al. 2020; Eq. 2 of SE2P), as diffusers' ``DDPMScheduler.step`` ("fixed_small").
 
-Written with x̂_0 like diffusers' ``DDPMScheduler.step`` (variance "fixed_small"):
-    x̂_0   = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t                 (clipped if the model's scheduler clips)
-    μ̃     = √ᾱ_prev β / (1−ᾱ_t) · x̂_0 + √α (1−ᾱ_prev) / (1−ᾱ_t) · x_t
-    x_prev = μ̃ + √β̃ · z,   β̃ = (1−ᾱ_prev) / (1−ᾱ_t) · β
-where α = ᾱ_t / ᾱ_prev and β = 1 − α are the jump's own coefficients, and
-ᾱ_prev = 1 below t = 0. Without clipping, μ̃ is exactly Eq. 2's mean
-(x_t − β/√(1−ᾱ_t) ε) / √α.
+    x_prev = μ̃(x_t, x̂_0) + √β̃ · z
+Without clipping this is exactly Eq. 2, (x_t − β/√(1−ᾱ_t) ε) / √α + √β̃ z, for a jump
+t -> t_prev with α = ᾱ_t/ᾱ_prev, β = 1 − α (posterior.py).
 """
 from __future__ import annotations
 
-import math
-
-import torch
-
-from ..schedules import Schedule
+from .base import Solver
+from .posterior import cast, posterior_mean, posterior_variance, predict_x0
 
 
-def predict_x0(sched: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
-    """x̂_0 from x_t and ε (Ho et al. Eq. 15), clipped like the model's scheduler."""
-    a = sched.alpha_bar(t)
-    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-    if sched.clip_sample:
-        x0 = x0.clamp(-sched.clip_sample_range, sched.clip_sample_range)
-    return x0
+def step(x, eps, a, a_prev, noise, clip: float | None = None):
+    """denoise(t, x_t, ε): one stochastic DDPM step (ᾱ_t = a, ᾱ_prev = a_prev) with N(0, I) noise."""
+    x0 = predict_x0(x, eps, a, clip)
+    return posterior_mean(x, x0, a, a_prev) + cast(posterior_variance(a, a_prev) ** 0.5, x) * noise
 
 
-def posterior_mean(sched: Schedule, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-    """μ̃(x_t, x̂_0) of q(x_prev | x_t, x_0) (Ho et al. Eq. 7, for a jump t -> t_prev)."""
-    a, a_prev = sched.alpha_bar(t), sched.alpha_bar(t_prev)
-    alpha = a / a_prev
-    return (math.sqrt(a_prev) * (1 - alpha) / (1 - a)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a)) * x
+class DDPM(Solver):
+    """DDPM jump sampling on the leading grid (SE2P App. C: N=10 -> 901, ..., 1)."""
 
+    name = "ddpm"
+    stochastic = True
 
-def posterior_variance(sched: Schedule, t: int, t_prev: int) -> float:
-    """β̃ = (1−ᾱ_prev) / (1−ᾱ_t) · (1 − ᾱ_t/ᾱ_prev); 0 when t_prev < 0."""
-    a, a_prev = sched.alpha_bar(t), sched.alpha_bar(t_prev)
-    return (1 - a_prev) / (1 - a) * (1 - a / a_prev)
-
-
-def step(sched: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int,
-         noise: torch.Tensor) -> torch.Tensor:
-    """denoise(t, x_t, ε): one stochastic DDPM step from t to t_prev with the given N(0, I) noise."""
-    x0 = predict_x0(sched, x, eps, t)
-    return posterior_mean(sched, x, x0, t, t_prev) + math.sqrt(posterior_variance(sched, t, t_prev)) * noise
+    def step(self, x, eps, j, history=None, has_history=None, noise=None):
+        j = self.rows(j, x)
+        a, a_prev = self.abar(j, x), self.abar(j + 1, x)
+        x0 = self.predict_x0(x, eps, j)
+        return posterior_mean(x, x0, a, a_prev) + cast(posterior_variance(a, a_prev) ** 0.5, x) * noise, x0

@@ -1,0 +1,21 @@
+"""DDIM with η = 0 (Song et al. 2021), as diffusers' ``DDIMScheduler.step``."""
+from __future__ import annotations
+
+from .base import Solver
+from .posterior import cast
+
+
+class DDIM(Solver):
+    """x_prev = √ᾱ_prev x̂_0 + √(1−ᾱ_prev) ε; leading timesteps; ᾱ = 1 past the end
+    (``set_alpha_to_one``) unless the model's scheduler says otherwise."""
+
+    name = "ddim"
+
+    def final_alpha_bar(self) -> float:
+        return 1.0 if self.schedule.set_alpha_to_one else self.schedule.alpha_bar(0)
+
+    def step(self, x, eps, j, history=None, has_history=None, noise=None):
+        j = self.rows(j, x)
+        x0 = self.predict_x0(x, eps, j)
+        a_prev = self.abar(j + 1, x)
+        return cast(a_prev ** 0.5, x) * x0 + cast((1 - a_prev) ** 0.5, x) * eps, x0
