@@ -207,8 +207,11 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
     cfg, comm = ctx.cfg, ctx.comm
     comm.recorder.close()
     totals = {f"{k}/{l}": v for (k, l), v in comm.recorder.totals.items()}
+    eps = comm.recorder.totals.get(("compute", "eps"), [0, 0.0, 0, 0])
+    # NFE counts model evaluations of one point (one latent batch of --batch samples), however
+    # many points a call evaluates together: the NFE of the papers' tables.
     stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, "totals": totals,
-                                   "nfe": comm.recorder.count("compute", "eps"),
+                                   "nfe": eps[3] // cfg.batch, "model_calls": eps[0],
                                    "device": _device_name(ctx.device)})
     if comm.rank != 0:
         return

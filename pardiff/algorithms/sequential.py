@@ -1,25 +1,28 @@
-"""The one-proc baseline: DDPM jump sampling (SE2P §2, Eq. 2 over t_{N-1}, ..., t_0)."""
+"""The one-proc baseline: a sampler's steps in order (SE2P's baseline; what ParaSolver accelerates)."""
 from __future__ import annotations
 
 import torch
 
 from .. import seeds
-from ..solvers import ddpm
+from ..solvers import make_solver
 
 
 def sequential(ctx) -> torch.Tensor:
-    """DDPM jump sampling on one rank (the baseline of SE2P §4).
+    """Sequential sampling with ``--sampler`` ddpm | ddim | dpmsolver on one rank.
 
-    Draws the same initial latent (stream INIT) and the same per-step noise
-    (stream STEP, index k) as SE2P, so SE2P with γ = 1 returns this sample.
+    The initial latent is stream INIT and DDPM's noise at step k (counting down,
+    k = S-1 .. 0, as SE2P's loop does) is stream STEP, index k: the draws SE2P and the
+    parallel solvers make, so that SE2P with γ = 1 and ParaSolver / ParaDiGMS with
+    tolerance 0 return this sample.
     """
-    ts = ctx.schedule.timesteps(ctx.cfg.steps)    # [t_{N-1}, ..., t_0]
-    N = len(ts)
+    solver = make_solver(ctx.cfg.sampler, ctx.schedule, ctx.cfg.steps)
+    S = solver.S
     x = ctx.noise(seeds.INIT)
-    for i, t in enumerate(ts):
-        k = N - 1 - i
-        t_prev = ts[i + 1] if i + 1 < N else -1
+    x0_prev = None                       # the previous step's x̂_0 (multistep solvers)
+    for j, t in enumerate(solver.timesteps):
+        k = S - 1 - j
         eps = ctx.eps(x, t, line="SEQ:eps", step=k)
-        with ctx.host("denoise", "SEQ:denoise", step=k):
-            x = ddpm.step(ctx.schedule, x, eps, t, t_prev, ctx.noise(seeds.STEP, k))
+        with ctx.host("step", "SEQ:step", step=k):
+            noise = ctx.noise(seeds.STEP, k) if solver.stochastic else None
+            x, x0_prev = solver.step(x, eps, j, history=x0_prev if solver.uses_history else None, noise=noise)
     return x

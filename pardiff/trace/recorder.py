@@ -24,7 +24,7 @@ class Recorder:
         self.writer = writer          # a PartWriter, or None when no trace file was asked for
         self.clock = clock
         self.epoch = epoch            # local clock reading that is t = 0 for every rank
-        self.totals = defaultdict(lambda: [0, 0.0, 0])   # (kind, label) -> [count, seconds, bytes]
+        self.totals = defaultdict(lambda: [0, 0.0, 0, 0])   # (kind, label) -> [count, seconds, bytes, batch]
 
     def now(self) -> float:
         return self.clock() - self.epoch
@@ -34,6 +34,7 @@ class Recorder:
         total[0] += 1
         total[1] += t_end - t_start
         total[2] += fields.get("nbytes", 0)
+        total[3] += fields.get("batch", 0)
         if self.writer is None:
             return
         values = dict(_DEFAULTS, kind=kind, label=label, line=line, t_start=t_start, t_end=t_end)
