@@ -42,8 +42,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     common.add_argument("--out", help="write the samples: FILE.npy (latents) or FILE.png (image grid)")
     common.add_argument("--trace", help="record every compute and message to FILE.h5")
     common.add_argument("--report", help="write a JSON report (wall time, NFE, per-rank totals)")
-    seq = p.add_argument_group("sequential")
-    seq.add_argument("--sampler", default=d.sampler, help="ddpm (default)")
+    seq = p.add_argument_group("sequential, parasolver, paradigms")
+    seq.add_argument("--sampler", default=d.sampler, help="ddpm (default) | ddim | dpmsolver (DPM-Solver++ 2M)")
+    par = p.add_argument_group("parasolver, paradigms (docs/algorithms/parasolver.md)")
+    par.add_argument("--subintervals", type=int, default=d.subintervals,
+                     help="parasolver: N subintervals, dividing --steps (default: one per step)")
+    par.add_argument("--precondition", type=int, default=d.precondition,
+                     help="parasolver: M preconditioning steps, 0 = start from noise (default %(default)s)")
+    par.add_argument("--window", type=int, default=d.window, help="window size p (default %(default)s)")
+    par.add_argument("--tol", type=float, default=d.tol, help="tolerance δ of the stopping rule (default %(default)s)")
+    par.add_argument("--clean-estimate", default=d.clean_estimate,
+                     help="parasolver line 8: x̂_0 from the window's last subproblem's first step (first, the "
+                          "paper) or last step (last, the authors' code)")
     se2p = p.add_argument_group("se2p (docs/algorithms/se2p.md)")
     se2p.add_argument("--gamma", type=float, default=d.gamma, help="mixing parameter γ in (0, 1] (default %(default)s)")
     se2p.add_argument("--rho", type=float, default=d.rho, help="variance scaling ρ > 0 (default %(default)s)")

@@ -9,12 +9,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-ALGORITHMS = ("sequential", "se2p")
-SAMPLERS = ("ddpm",)
+ALGORITHMS = ("sequential", "se2p", "parasolver", "paradigms")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver")
 INTEGRATIONS = ("predictor", "naive", "predictor-tk1")
 MU_PRED = ("ho", "as-printed")
 SEED_SHARING = ("message", "precomputed")
 RETURN_LATENT = ("on-grid", "proc0")
+CLEAN_ESTIMATES = ("first", "last")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 OUT_EXTENSIONS = (".npy", ".png")
@@ -41,8 +42,14 @@ class RunConfig:
     out: str | None = None
     trace: str | None = None
     report: str | None = None
-    # sequential
+    # sequential, parasolver, paradigms
     sampler: str = "ddpm"
+    # parasolver, paradigms
+    subintervals: int | None = None  # N; None: one per sampler step
+    precondition: int = 2            # M
+    window: int = 10                 # p
+    tol: float = 0.1                 # δ
+    clean_estimate: str = "first"    # Alg. 1 line 8: x̂_0 at the window's last subproblem's first / last step
     # SE2P
     gamma: float = 0.015
     rho: float = 1.35
@@ -62,6 +69,7 @@ class RunConfig:
         _choice("--mu-pred", self.mu_pred, MU_PRED)
         _choice("--seed-sharing", self.seed_sharing, SEED_SHARING)
         _choice("--return-latent", self.return_latent, RETURN_LATENT)
+        _choice("--clean-estimate", self.clean_estimate, CLEAN_ESTIMATES)
         _choice("--device", self.device, DEVICES)
         _choice("--dtype", self.dtype, DTYPES)
         if self.steps < 1:
@@ -76,6 +84,8 @@ class RunConfig:
             raise ConfigError("--gamma", f"the mixing parameter γ must be in (0, 1], got {self.gamma}")
         if not self.rho > 0:
             raise ConfigError("--rho", f"the variance scaling ρ must be > 0, got {self.rho}")
+        if self.algorithm in ("parasolver", "paradigms"):
+            self._validate_window()
         from .models import check_model_spec
         try:
             check_model_spec(self.model)
@@ -97,6 +107,21 @@ class RunConfig:
         if self.algorithm == "se2p" and world_size < 2:
             raise ConfigError("ranks", f"se2p needs at least 2 ranks (one per Proc), but {world_size} "
                                        "was launched: use mpiexec -n 2 (Algorithm 1) or -n P (Algorithm 2)")
+
+    def _validate_window(self) -> None:
+        if not (self.tol >= 0 and self.tol != float("inf")):
+            raise ConfigError("--tol", f"the tolerance δ must be a finite number >= 0, got {self.tol}")
+        if self.window < 1:
+            raise ConfigError("--window", f"the window size p must be at least 1, got {self.window}")
+        if self.algorithm == "paradigms":
+            return
+        N = self.steps if self.subintervals is None else self.subintervals
+        if not 1 <= N <= self.steps or self.steps % N:
+            raise ConfigError("--subintervals", f"N must divide --steps {self.steps} (1 <= N <= steps), got {N}")
+        if not 0 <= self.precondition <= min(N, self.window):
+            raise ConfigError("--precondition", f"M must be in 0 .. min(N, window) = {min(N, self.window)} "
+                                                f"(points beyond the first window are re-initialised before use), "
+                                                f"got {self.precondition}")
 
     def validate_with_model(self, model, world_size: int) -> None:
         """Checks that need the loaded model's schedule and classes."""

@@ -1,5 +1,7 @@
 """SPMD algorithms: each is a function of one rank's Context, written against Comm."""
+from .paradigms import paradigms
+from .parasolver import parasolver
 from .se2p import se2p
 from .sequential import sequential
 
-ALGORITHMS = {"sequential": sequential, "se2p": se2p}
+ALGORITHMS = {"sequential": sequential, "se2p": se2p, "parasolver": parasolver, "paradigms": paradigms}

@@ -1,0 +1,237 @@
+"""The sliding window of the parallel-in-time solvers (ParaSolver, ParaDiGMS), over MPI ranks.
+
+Both solve for the points X̂_0 .. X̂_N of a sampling trajectory (point 0 is the noise,
+point N the sample; point n sits at grid index n·L of the sampler, L steps per
+subinterval) by iterating, over a window of p subproblem starts [n, n+p):
+
+    Φ_i = L sampler steps from X̂_i        (batched: every start advances together)
+    X̂_{i+1} <- X̂_n + Σ_{j=n..i} (Φ_j − X̂_j)       (the cumulative drift, ParaSolver Eq. 13)
+
+then sliding the window to the first point that moved more than the tolerance.
+
+Layout (docs/algorithms/parasolver.md): point i belongs to rank (i // b) mod R, with
+b = ⌈window / R⌉. A window of p ≤ R·b consecutive points then gives every rank at most b
+of them, and sliding never moves a point between ranks: only the s new points that enter
+at the far end are sent, by the rank that initialises them, to their owners. The
+cumulative sum runs as a chain in window order: each rank receives the running value
+X̂_a at the start of its run of points, adds its drifts, and sends the value after its
+run to the next owner (label ``drift``). Each rank adds its drifts in the same order a
+single rank would, so the numbers do not depend on the number of ranks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import seeds
+
+BRIDGE = 3          # seeds stream for initialised points: (iteration + 1, point index)
+
+
+class Window:
+    """This rank's points and the distributed steps of one iteration."""
+
+    def __init__(self, ctx, solver, subintervals: int, window: int, lines: dict):
+        self.ctx, self.comm, self.solver = ctx, ctx.comm, solver
+        self.N = subintervals
+        self.L = solver.S // subintervals                  # sampler steps per subinterval
+        self.p_max = min(window, subintervals)
+        self.block = math.ceil(self.p_max / self.comm.size)
+        self.lines = lines
+        self.x: dict[int, torch.Tensor] = {}               # point -> X̂_i, for the points this rank owns
+        self.h: dict[int, torch.Tensor] = {}               # point -> x̂_0 of the sampler step before it
+        # σ_i² of Eq. 14: the DDPM posterior variance from point i to i + 1 (the last repeats).
+        var = [solver.variance(i * self.L, (i + 1) * self.L) for i in range(self.N)]
+        self.var = var + var[-1:]
+        self.records: list[dict] = []                       # per iteration: this rank's residuals
+
+    # --- layout ------------------------------------------------------------------------
+    def owner(self, i: int) -> int:
+        return (i // self.block) % self.comm.size
+
+    def runs(self, n: int, p: int) -> list[tuple[int, int]]:
+        """This rank's subproblem starts in [n, n+p) as maximal runs [a, b), in window order."""
+        mine = [i for i in range(n, n + p) if self.owner(i) == self.comm.rank]
+        runs = []
+        for i in mine:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        return runs
+
+    def grid(self, i: int) -> int:
+        return i * self.L
+
+    # --- messages of points -------------------------------------------------------------
+    def _pack(self, i: int, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        return torch.stack([x, h]) if self.solver.uses_history else x
+
+    def send_point(self, i, x, h, dest, label, line, k):
+        self.comm.send(self._pack(i, x, h), dest, label=label, line=line, iter=k)
+
+    def recv_point(self, i, source, label, line, k) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shape = (2, *self.ctx.shape) if self.solver.uses_history else self.ctx.shape
+        buf = torch.empty(shape, dtype=torch.float32, device=self.ctx.device)
+        self.comm.recv(buf, source, label=label, line=line, iter=k)
+        return (buf[0], buf[1]) if self.solver.uses_history else (buf, None)
+
+    def scatter_points(self, indices, values: dict | None, source: int, line: str, k: int) -> None:
+        """Rank ``source`` holds ``values`` (point -> latent) for ``indices``; each point goes to
+        its owner (label ``points``). Every rank passes the same ``indices``. New points have
+        no sampler history yet."""
+        for i in indices:
+            dest = self.owner(i)
+            if self.comm.rank == source and dest == source:
+                self.x[i] = values[i]
+            elif self.comm.rank == source:
+                self.comm.send(values[i], dest, label="points", line=line, iter=k)
+            elif self.comm.rank == dest:
+                self.x[i] = self.comm.recv(self.ctx.empty(), source, label="points", line=line, iter=k)
+            if self.comm.rank == dest:
+                self.h.pop(i, None)
+
+    def scatter_copies(self, indices, value: torch.Tensor | None, source: int, line: str, k: int) -> None:
+        """Every point of ``indices`` gets a copy of ``value`` (held by ``source``): one message
+        per owning rank, not per point (label ``latent``)."""
+        owners = sorted({self.owner(i) for i in indices})
+        if self.comm.rank == source:
+            for dest in owners:
+                if dest != source:
+                    self.comm.send(value, dest, label="latent", line=line, iter=k)
+        elif self.comm.rank in owners:
+            value = self.comm.recv(self.ctx.empty(), source, label="latent", line=line, iter=k)
+        for i in indices:
+            if self.owner(i) == self.comm.rank:
+                self.x[i] = value
+                self.h.pop(i, None)
+
+    # --- one iteration ------------------------------------------------------------------
+    def solve_subproblems(self, n: int, p: int, k: int):
+        """Lines 4-5: Φ for every subproblem start this rank owns, as one batch per sampler
+        step. Returns {i: Φ_i − X̂_i}, {i: x̂_0 at the first step}, {i: x̂_0 at the last step}."""
+        starts = [i for a, b in self.runs(n, p) for i in range(a, b)]
+        if not starts:
+            return {}, {}, {}
+        B = self.ctx.cfg.batch
+        x = torch.cat([self.x[i] for i in starts])
+        solver = self.solver
+        history = has_history = None
+        if solver.uses_history:
+            history = torch.cat([self.h.get(i, self.x[i]) for i in starts])
+            has_history = torch.tensor([i in self.h for i in starts]).repeat_interleave(B)
+        x0_first = x0 = None
+        for l in range(self.L):
+            g = [self.grid(i) + l for i in starts]                       # each row's sampler step
+            t = torch.tensor([solver.timesteps[j] for j in g]).repeat_interleave(B)
+            j = torch.tensor(g).repeat_interleave(B)
+            eps = self.ctx.eps(x, t, line=self.lines["eval"], iter=k)
+            noise = None
+            if solver.stochastic:
+                noise = torch.cat([self.ctx.noise(seeds.STEP, solver.S - 1 - jj) for jj in g])
+            with self.ctx.host("step", self.lines["eval"], iter=k):
+                x, x0 = solver.step(x, eps, j, history, has_history, noise)
+            if l == 0:
+                x0_first = x0
+            history, has_history = x0, None
+        with self.ctx.host("drift", self.lines["drift"], iter=k):
+            phi = dict(zip(starts, x.split(B)))
+            delta = {i: phi[i] - self.x[i] for i in starts}
+        return delta, dict(zip(starts, x0_first.split(B))), dict(zip(starts, x0.split(B)))
+
+    def cumulative_update(self, n: int, p: int, delta: dict, x0_last: dict, k: int):
+        """Line 6 (Eq. 13): X̂_{i+1} = X̂_n + Σ_{j=n..i} Δ_j, as a chain over ranks in window
+        order. Returns {i: (new X̂_i, new x̂_0 before i or None)} for the points this rank
+        owns among n+1 .. n+p, and the new X̂_{n+p} where this rank computed it."""
+        rank, line = self.comm.rank, self.lines["drift"]
+        new, end_value = {}, None
+        for a, b in self.runs(n, p):
+            if a == n:
+                value, hist = self.x[n], self.h.get(n)
+            else:
+                value, hist = self.recv_point(a, self.owner(a - 1), "drift", line, k)
+                new[a] = (value, hist)
+            with self.ctx.host("drift", line, iter=k):
+                for i in range(a, b):
+                    value = value + delta[i]
+                    if i + 1 < b:
+                        new[i + 1] = (value, x0_last[i])
+            hist = x0_last[b - 1]
+            if b == n + p:
+                end_value = (value, hist)
+            if self.owner(b) != rank:
+                self.send_point(b, value, hist, self.owner(b), "drift", line, k)
+            else:
+                new[b] = (value, hist)              # only b = n+p can be this rank's own
+        last, target = n + p - 1, n + p
+        if self.owner(target) == rank and self.owner(last) != rank:
+            new[target] = self.recv_point(target, self.owner(last), "drift", line, k)
+        return new, end_value
+
+    def first_unconverged(self, n: int, p: int, new: dict, tol: float, k: int) -> int:
+        """Line 7 (Eq. 14): the first point of n+1 .. n+p whose change exceeds the tolerance,
+        (1/D)‖X̂^(k+1) − X̂^(k)‖² > δ² σ², for any sample; n+p if none. One MIN all-reduce."""
+        residuals, first = {}, n + p
+        for i in sorted(new):
+            if i == n:
+                continue
+            x_new, h_new = new[i]
+            change = _mean_square(x_new - self.x[i])
+            if self.solver.uses_history:
+                # a multistep sampler's point carries the previous x̂_0 too: it has converged
+                # only when that has settled as well (docs/algorithms/parasolver.md)
+                change = max(change, _mean_square(h_new - self.h[i]) if i in self.h else math.inf)
+            residuals[i] = math.sqrt(change / self.var[i]) if self.var[i] > 0 else (0.0 if change == 0 else None)
+            if change > tol ** 2 * self.var[i] and i < first:
+                first = i
+        self.records.append({"iter": k, "residuals": residuals})
+        f = torch.tensor([first], dtype=torch.int64)
+        self.comm.allreduce(f, "min", label="residual", line=self.lines["stride"], iter=k)
+        return int(f[0])
+
+    def commit(self, new: dict) -> None:
+        """The new values become this rank's points."""
+        for i, (x, h) in new.items():
+            self.x[i] = x
+            if h is not None:
+                self.h[i] = h
+
+    def drop_before(self, n: int) -> None:
+        """Points before the window start are final and no longer needed (except point N)."""
+        for i in [i for i in self.x if i < n]:
+            del self.x[i]
+            self.h.pop(i, None)
+
+    def gather_records(self) -> list[dict]:
+        """Every rank's residuals of every iteration, merged on each rank (after the run)."""
+        merged = {}
+        for records in self.comm.allgather_object(self.records):
+            for rec in records:
+                merged.setdefault(rec["iter"], {}).update(rec["residuals"])
+        return [{"iter": k, "residuals": [merged[k][i] for i in sorted(merged[k])]} for k in sorted(merged)]
+
+    def report(self, iterations: list[dict]) -> None:
+        """Per-iteration window, stride and residuals for --report (the columns of ParaSolver's
+        Tables 1-5); gathered after the run."""
+        residuals = {r["iter"]: r["residuals"] for r in self.gather_records()}
+        for it in iterations:
+            it["residuals"] = residuals.get(it["iter"], [])
+        self.ctx.report.update(iterations=len(iterations), subintervals=self.N, steps_per_subinterval=self.L,
+                               per_iteration=iterations)
+
+    def result(self, line: str, k: int) -> torch.Tensor | None:
+        """X̂_N, sent by its owner to rank 0."""
+        owner = self.owner(self.N)
+        if self.comm.rank == owner == 0:
+            return self.x[self.N]
+        if self.comm.rank == owner:
+            self.comm.send(self.x[self.N], 0, label="latent", line=line, iter=k)
+        elif self.comm.rank == 0:
+            return self.comm.recv(self.ctx.empty(), owner, label="latent", line=line, iter=k)
+        return None
+
+
+def _mean_square(diff: torch.Tensor) -> float:
+    """max over samples of (1/D)‖diff‖²."""
+    return float(diff.reshape(diff.shape[0], -1).pow(2).mean(1).max())
