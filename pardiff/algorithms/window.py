@@ -9,14 +9,16 @@ subinterval) by iterating, over a window of p subproblem starts [n, n+p):
 
 then sliding the window to the first point that moved more than the tolerance.
 
-Layout (docs/algorithms/parasolver.md): point i belongs to rank (i // b) mod R, with
-b = ⌈window / R⌉. A window of p ≤ R·b consecutive points then gives every rank at most b
-of them, and sliding never moves a point between ranks: only the s new points that enter
-at the far end are sent, by the rank that initialises them, to their owners. The
-cumulative sum runs as a chain in window order: each rank receives the running value
-X̂_a at the start of its run of points, adds its drifts, and sends the value after its
-run to the next owner (label ``drift``). Each rank adds its drifts in the same order a
-single rank would, so the numbers do not depend on the number of ranks.
+Layout (docs/algorithms/parasolver.md): point i belongs to rank (i // b) mod R, blocks of
+b = ⌈window / (4R)⌉ consecutive points dealt round-robin. Sliding never moves a point
+between ranks: only the s new points that enter at the far end are sent, by the rank
+that initialises them, to their owners. Four blocks per rank in a full window keep the
+ranks within one block of each other also while the window shrinks at the end of the
+trajectory, for a chain of about 4R hops. The cumulative sum runs as that chain in window
+order: each rank receives the running value X̂_a at the start of its run of points, adds
+its drifts, and sends the value after its run to the next owner (label ``drift``). Each
+rank adds its drifts in the same order a single rank would, so the numbers do not depend
+on the number of ranks.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 from .. import seeds
 
 BRIDGE = 3          # seeds stream for initialised points: (iteration + 1, point index)
+BLOCKS_PER_RANK = 4
 
 
 class Window:
@@ -37,7 +40,7 @@ class Window:
         self.N = subintervals
         self.L = solver.S // subintervals                  # sampler steps per subinterval
         self.p_max = min(window, subintervals)
-        self.block = math.ceil(self.p_max / self.comm.size)
+        self.block = math.ceil(self.p_max / (BLOCKS_PER_RANK * self.comm.size))
         self.lines = lines
         self.x: dict[int, torch.Tensor] = {}               # point -> X̂_i, for the points this rank owns
         self.h: dict[int, torch.Tensor] = {}               # point -> x̂_0 of the sampler step before it
