@@ -7,7 +7,8 @@
 # Environment it reads (all optional):
 #   MPIEXEC   the launcher (default: mpirun, else mpiexec, from PATH)
 #   HOSTFILE  a hostfile for multi-node runs (ranks are placed node by node, one per GPU)
-#   PARDIFF   the command that runs pardiff (default: pardiff; e.g. "python3 -m pardiff")
+#   PARDIFF   the command that runs pardiff (default: pardiff; e.g. "/path/to/python3 -m pardiff":
+#             give the interpreter by absolute path, Open MPI puts its own bin/ first on PATH)
 # Environment it sets for every rank:
 #   OMP_NUM_THREADS=4 (unless set)   CPU threads per rank; pardiff otherwise divides the cores
 #   CUDA_DEVICE_ORDER=PCI_BUS_ID     GPU numbering as nvidia-smi shows it; rank r takes GPU local_rank mod count

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Sequential vs ParaSolver vs ParaDiGMS on 1..G GPUs, side by side in one job.
+
+    python3 launch/bench_parallel.py --out results/ --models gmm,arch:ddpm-church-256 \
+        --cases ddpm-1000,ddim-50 --gpus 1,2
+
+Each case runs `pardiff run` through launch/mpirun.sh (so any MPI launcher works) with
+--report, then this script checks every parallel sample against the sequential one
+(max and RMS difference) before it computes a speedup, and writes one JSON per model and
+case into --out with the device, software versions and the exact command lines.
+Results land under traces/results/ once copied back from the GPU machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+# The papers' settings for LSUN Church (ParaSolver §5.1, Tables 2-3; ParaDiGMS Table 5).
+CASES = {
+    "ddpm-1000": dict(sampler="ddpm", steps=1000,
+                      parasolver=dict(subintervals=100, precondition=10, window=32, tol=0.55),
+                      paradigms=dict(window=32, tol=0.5)),
+    # ParaSolver with one subinterval per step (N = S), the rest as above: ParaDiGMS's problem size
+    # with ParaSolver's initialisation (M preconditioning steps, new points from the clean estimate).
+    "ddpm-1000-fine": dict(sampler="ddpm", steps=1000,
+                           parasolver=dict(subintervals=1000, precondition=10, window=32, tol=0.55),
+                           paradigms=dict(window=32, tol=0.5)),
+    "ddim-50": dict(sampler="ddim", steps=50,
+                    parasolver=dict(subintervals=25, precondition=5, window=25, tol=0.005),
+                    paradigms=dict(window=50, tol=0.001)),
+    "ddim-25": dict(sampler="ddim", steps=25,
+                    parasolver=dict(subintervals=25, precondition=5, window=25, tol=0.005),
+                    paradigms=dict(window=25, tol=0.001)),
+    "dpmsolver-25": dict(sampler="dpmsolver", steps=25,
+                         parasolver=dict(subintervals=25, precondition=5, window=25, tol=0.005),
+                         paradigms=dict(window=25, tol=0.001)),
+}
+
+
+def run(cmd: list[str], timeout: float, log) -> tuple[int, float]:
+    log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+    log.flush()
+    t0 = time.time()
+    try:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = 124
+    return rc, time.time() - t0
+
+
+def device_info() -> dict:
+    info = {"host": platform.node(), "python": platform.python_version()}
+    try:
+        import torch
+        info.update(torch=torch.__version__, cuda=torch.version.cuda,
+                    gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+    except Exception as e:  # the report still says where it ran
+        info["torch_error"] = repr(e)
+    try:
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for the results JSON, logs and samples")
+    ap.add_argument("--models", default="gmm")
+    ap.add_argument("--cases", default="ddim-50", help=", ".join(CASES))
+    ap.add_argument("--gpus", default="1,2", help="rank counts to run the parallel solvers on")
+    ap.add_argument("--algorithms", default="parasolver,paradigms", help="parallel solvers to compare")
+    ap.add_argument("--dtype", default="float16", help="network dtype of arch: models")
+    ap.add_argument("--device", default="cuda", help="cuda (one GPU per rank) or cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per run")
+    ap.add_argument("--trace", action="store_true", help="also record a trace of every run")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    launcher = [str(HERE / "mpirun.sh")]
+    gpus = [int(g) for g in args.gpus.split(",")]
+    device = device_info()
+    log = open(out / "bench.log", "a")
+    for model in args.models.split(","):
+        for case_name in args.cases.split(","):
+            case = CASES[case_name]
+            tag = f"{model.replace(':', '_')}_{case_name}"
+            common = ["--model", model, "--steps", str(case["steps"]), "--sampler", case["sampler"],
+                      "--seed", str(args.seed), "--batch", "1", "--device", args.device]
+            if model.startswith("arch:"):
+                common += ["--dtype", args.dtype]
+            rows = []
+            plan = [("sequential", 1, {})]
+            plan += [(alg, g, case[alg]) for alg in args.algorithms.split(",") for g in gpus]
+            for alg, g, params in plan:
+                name = f"{tag}_{alg}_{g}gpu"
+                flags = [f"--{k}={v}" for k, v in params.items()]
+                extra = ["--trace", str(out / f"{name}.h5")] if args.trace else []
+                cmd = launcher + [str(g), "run", alg, *common, *flags, "--out", str(out / f"{name}.npy"),
+                                  "--report", str(out / f"{name}.json"), *extra]
+                rc, elapsed = run(cmd, args.timeout, log)
+                row = {"algorithm": alg, "gpus": g, "params": params, "rc": rc, "elapsed_s": elapsed,
+                       "command": " ".join(shlex.quote(c) for c in cmd).replace(str(HERE), "launch")}
+                if rc == 0:
+                    report = json.loads((out / f"{name}.json").read_text())
+                    row.update(wall_s=report["wall_s"], nfe=report["nfe"], iterations=report.get("iterations"),
+                               model_calls=[r["model_calls"] for r in report["per_rank"]])
+                rows.append(row)
+                print(f"{name}: rc={rc} " + (f"wall {row['wall_s']:.3f} s nfe {row['nfe']} "
+                                              f"iters {row['iterations']}" if rc == 0 else ""), flush=True)
+            seq = rows[0]
+            if seq["rc"] == 0:
+                base = np.load(out / f"{tag}_sequential_1gpu.npy")
+                for row in rows[1:]:
+                    if row["rc"] != 0:
+                        continue
+                    x = np.load(out / f"{tag}_{row['algorithm']}_{row['gpus']}gpu.npy")
+                    # the samples are checked before any speedup is reported
+                    row["max_abs_diff_vs_sequential"] = float(np.abs(x - base).max())
+                    row["rms_diff_vs_sequential"] = float(np.sqrt(((x - base) ** 2).mean()))
+                    row["speedup"] = seq["wall_s"] / row["wall_s"]
+            result = {"model": model, "case": case_name, "sampler": case["sampler"], "steps": case["steps"],
+                      "dtype": args.dtype if model.startswith("arch:") else "float64 (gmm)", "device": device,
+                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+            name = tag if args.algorithms == "parasolver,paradigms" else f"{tag}_{args.algorithms.replace(',', '_')}"
+            (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
