@@ -73,12 +73,50 @@ class Schedule:
         return float(self.betas[t])
 
     def alpha_bar_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        """ᾱ for a tensor of timesteps (float64, on t's device); ᾱ = 1 where t < 0."""
-        acp = torch.as_tensor(self._acp, dtype=torch.float64, device=t.device)
-        return torch.where(t < 0, torch.ones_like(acp[0]), acp[t.clamp(min=0)])
+        """ᾱ for a tensor of timesteps (float64, on t's device).
+
+        Integer t: the table, with ᾱ = 1 where t < 0. Fractional t (IIA's fine-grained
+        steps, EDM's σ grid): log σ̃, σ̃ = √((1−ᾱ)/ᾱ), interpolated linearly between integer
+        timesteps (as diffusers maps Karras sigmas to timesteps), and below t = 0 ᾱ rising
+        linearly to 1 at t = −1, the clean end.
+        """
+        acp = self._table(t.device)
+        if not t.is_floating_point():
+            return torch.where(t < 0, torch.ones_like(acp[0]), acp[t.clamp(min=0)])
+        t = t.to(torch.float64).clamp(-1, self.T - 1)
+        log_sigma = 0.5 * torch.log((1 - acp) / acp)
+        lo = t.floor().clamp(0, self.T - 2).long()
+        ls = log_sigma[lo] + (t - lo) * (log_sigma[lo + 1] - log_sigma[lo])
+        return torch.where(t >= 0, torch.sigmoid(-2 * ls), 1 + (t + 1) * (acp[0] - 1))
+
+    def alpha_bar_at(self, t: float) -> float:
+        """ᾱ at a (possibly fractional) timestep t in [−1, T−1]."""
+        return float(self.alpha_bar_tensor(torch.tensor([float(t)], dtype=torch.float64))[0])
+
+    def sigma_tilde(self, t: float) -> float:
+        """σ̃_t = σ_t / α_t = √((1−ᾱ_t)/ᾱ_t), EDM's noise level of a VP model (IIA Eq. 9)."""
+        a = self.alpha_bar_at(t)
+        return ((1 - a) / a) ** 0.5
+
+    def t_of_sigma(self, sigma: float) -> float:
+        """The (fractional) timestep whose σ̃ is ``sigma``: the inverse of ``sigma_tilde``."""
+        if sigma <= 0:
+            return -1.0
+        log_sigma = 0.5 * np.log((1 - self._acp) / self._acp)
+        if np.log(sigma) >= log_sigma[0]:
+            return float(np.interp(np.log(sigma), log_sigma, np.arange(self.T, dtype=np.float64)))
+        a = 1 / (1 + sigma ** 2)
+        return float((a - 1) / (self._acp[0] - 1) - 1)
 
     def __post_init__(self):
         object.__setattr__(self, "_acp", np.cumprod(1.0 - np.asarray(self.betas, dtype=np.float64)))
+        object.__setattr__(self, "_tables", {})
+
+    def _table(self, device) -> torch.Tensor:
+        """ᾱ as a float64 tensor on ``device`` (made once per device)."""
+        if device not in self._tables:
+            self._tables[device] = torch.as_tensor(self._acp, dtype=torch.float64).to(device)
+        return self._tables[device]
 
     def timesteps(self, num_steps: int, spacing: str = "leading", offset: int | None = None) -> list[int]:
         """The N sampling timesteps, largest first: ``[t_{N-1}, ..., t_0]``.

@@ -56,10 +56,10 @@ def test_schedule_from_config_and_alpha_bar():
 def run_ours(name, model, sched, steps, shape, seed=11):
     solver = make_solver(name, sched, steps)
     x = seeds.gaussian(shape, seed)
-    x0_prev = None
+    history = None
     for j, t in enumerate(solver.timesteps):
         z = seeds.gaussian(shape, seeds.seed_for(0, seeds.STEP, steps - 1 - j)) if solver.stochastic else None
-        x, x0_prev = solver.step(x, model.eps(x, t), j, x0_prev if solver.uses_history else None, noise=z)
+        x, history = solver.step(x, model.eps(x, t), j, history, noise=z)
     return solver, x
 
 
@@ -122,10 +122,11 @@ def test_batched_rows_equal_one_at_a_time(name):
     x = seeds.gaussian((4, 2, 4, 4), 3)
     j = torch.tensor([0, 5, 11, 19])
     eps = torch.cat([model.eps(x[i:i + 1], solver.timesteps[int(j[i])]) for i in range(4)])
-    hist = seeds.gaussian((4, 2, 4, 4), 4)
+    hist = seeds.gaussian((4, solver.history_slots, 2, 4, 4), 4) if solver.history_slots else None
     z = seeds.gaussian((4, 2, 4, 4), 5)
-    batch, x0 = solver.step(x, eps, j, hist if solver.uses_history else None, noise=z)
+    batch, h = solver.step(x, eps, j, hist, noise=z)
     for i in range(4):
-        one, one_x0 = solver.step(x[i:i + 1], eps[i:i + 1], int(j[i]),
-                                  hist[i:i + 1] if solver.uses_history else None, noise=z[i:i + 1])
-        assert torch.equal(batch[i:i + 1], one) and torch.equal(x0[i:i + 1], one_x0)
+        one, one_h = solver.step(x[i:i + 1], eps[i:i + 1], int(j[i]), hist[i:i + 1] if hist is not None else None,
+                                 noise=z[i:i + 1])
+        assert torch.equal(batch[i:i + 1], one)
+        assert (h is None and one_h is None) or torch.equal(h[i:i + 1], one_h)

@@ -33,8 +33,8 @@ def paradigms(ctx) -> torch.Tensor | None:
     n, k = 0, 0
     iterations = []
     while n < N:
-        delta, _, x0_last = win.solve_subproblems(n, p, k)          # drifts of the window's steps, one batch
-        new, end = win.cumulative_update(n, p, delta, x0_last, k)   # x_{i+1} = x_n + Σ drift (+ noise)
+        delta, _, _, history = win.solve_subproblems(n, p, k)       # drifts of the window's steps, one batch
+        new, end = win.cumulative_update(n, p, delta, history, k)   # x_{i+1} = x_n + Σ drift (+ noise)
         f = win.first_unconverged(n, p, new, cfg.tol, k)            # ‖Δx‖²/D ≤ τ² σ² up to f
         win.commit(new)
         s, p_next = f - n, min(win.p_max, N - f)

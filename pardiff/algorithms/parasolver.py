@@ -36,8 +36,8 @@ def parasolver(ctx) -> torch.Tensor | None:
     n, k = 0, 0                                                                 # Line 2
     iterations = []
     while n < N:                                                                # Line 3
-        delta, x0_first, x0_last = win.solve_subproblems(n, p, k)              # Lines 4-5
-        new, end = win.cumulative_update(n, p, delta, x0_last, k)              # Line 6 (Eq. 13)
+        delta, x0_first, x0_last, history = win.solve_subproblems(n, p, k)     # Lines 4-5
+        new, end = win.cumulative_update(n, p, delta, history, k)              # Line 6 (Eq. 13)
         f = win.first_unconverged(n, p, new, cfg.tol, k)                       # Line 7 (Eq. 14)
         win.commit(new)
         s, p_next = f - n, min(win.p_max, N - f)

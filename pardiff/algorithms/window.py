@@ -68,17 +68,18 @@ class Window:
         return i * self.L
 
     # --- messages of points -------------------------------------------------------------
-    def _pack(self, i: int, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-        return torch.stack([x, h]) if self.solver.uses_history else x
+    def send_point(self, x, h, dest, label, line, k):
+        """A point's latent, with its sampler history where the sampler keeps one."""
+        message = torch.cat([x.unsqueeze(1), h], 1) if self.solver.history_slots else x
+        self.comm.send(message, dest, label=label, line=line, iter=k)
 
-    def send_point(self, i, x, h, dest, label, line, k):
-        self.comm.send(self._pack(i, x, h), dest, label=label, line=line, iter=k)
-
-    def recv_point(self, i, source, label, line, k) -> tuple[torch.Tensor, torch.Tensor | None]:
-        shape = (2, *self.ctx.shape) if self.solver.uses_history else self.ctx.shape
-        buf = torch.empty(shape, dtype=torch.float32, device=self.ctx.device)
+    def recv_point(self, source, label, line, k) -> tuple[torch.Tensor, torch.Tensor | None]:
+        slots = self.solver.history_slots
+        B, *shape = self.ctx.shape
+        buf = torch.empty((B, 1 + slots, *shape) if slots else self.ctx.shape, dtype=torch.float32,
+                          device=self.ctx.device)
         self.comm.recv(buf, source, label=label, line=line, iter=k)
-        return (buf[0], buf[1]) if self.solver.uses_history else (buf, None)
+        return (buf[:, 0], buf[:, 1:]) if slots else (buf, None)
 
     def scatter_points(self, indices, values: dict | None, source: int, line: str, k: int) -> None:
         """Rank ``source`` holds ``values`` (point -> latent) for ``indices``; each point goes to
@@ -113,18 +114,19 @@ class Window:
     # --- one iteration ------------------------------------------------------------------
     def solve_subproblems(self, n: int, p: int, k: int):
         """Lines 4-5: Φ for every subproblem start this rank owns, as one batch per sampler
-        step. Returns {i: Φ_i − X̂_i}, {i: x̂_0 at the first step}, {i: x̂_0 at the last step}."""
+        step. Returns {i: Φ_i − X̂_i}, {i: x̂_0 at the first step}, {i: x̂_0 at the last step},
+        {i: the sampler history after the last step (for point i + 1)}."""
         starts = [i for a, b in self.runs(n, p) for i in range(a, b)]
         if not starts:
-            return {}, {}, {}
+            return {}, {}, {}, {}
         B = self.ctx.cfg.batch
         x = torch.cat([self.x[i] for i in starts])
         solver = self.solver
         history = has_history = None
-        if solver.uses_history:
-            history = torch.cat([self.h.get(i, self.x[i]) for i in starts])
+        if solver.history_slots:
+            history = torch.cat([self.h[i] if i in self.h else self._no_history() for i in starts])
             has_history = torch.tensor([i in self.h for i in starts]).repeat_interleave(B)
-        x0_first = x0 = None
+        x0_first = x0_last = None
         for l in range(self.L):
             g = [self.grid(i) + l for i in starts]                       # each row's sampler step
             t = torch.tensor([solver.timesteps[j] for j in g]).repeat_interleave(B)
@@ -134,42 +136,48 @@ class Window:
             if solver.stochastic:
                 noise = torch.cat([self.ctx.noise(seeds.STEP, solver.S - 1 - jj) for jj in g])
             with self.ctx.host("step", self.lines["eval"], iter=k):
-                x, x0 = solver.step(x, eps, j, history, has_history, noise)
-            if l == 0:
-                x0_first = x0
-            history, has_history = x0, None
+                if l == 0:
+                    x0_first = solver.predict_x0(x, eps, j)
+                if l == self.L - 1:
+                    x0_last = solver.predict_x0(x, eps, j)
+                x, history = solver.step(x, eps, j, history, has_history, noise)
+            has_history = None                                           # every row has one now
         with self.ctx.host("drift", self.lines["drift"], iter=k):
-            phi = dict(zip(starts, x.split(B)))
-            delta = {i: phi[i] - self.x[i] for i in starts}
-        return delta, dict(zip(starts, x0_first.split(B))), dict(zip(starts, x0.split(B)))
+            delta = {i: phi - self.x[i] for i, phi in zip(starts, x.split(B))}
+        hist = dict(zip(starts, history.split(B))) if history is not None else {}
+        return delta, dict(zip(starts, x0_first.split(B))), dict(zip(starts, x0_last.split(B))), hist
 
-    def cumulative_update(self, n: int, p: int, delta: dict, x0_last: dict, k: int):
+    def _no_history(self) -> torch.Tensor:
+        B, *shape = self.ctx.shape
+        return torch.zeros(B, self.solver.history_slots, *shape, device=self.ctx.device)
+
+    def cumulative_update(self, n: int, p: int, delta: dict, history: dict, k: int):
         """Line 6 (Eq. 13): X̂_{i+1} = X̂_n + Σ_{j=n..i} Δ_j, as a chain over ranks in window
-        order. Returns {i: (new X̂_i, new x̂_0 before i or None)} for the points this rank
-        owns among n+1 .. n+p, and the new X̂_{n+p} where this rank computed it."""
+        order. Returns {i: (new X̂_i, its new sampler history or None)} for the points this
+        rank owns among n+1 .. n+p, and the new X̂_{n+p} where this rank computed it."""
         rank, line = self.comm.rank, self.lines["drift"]
         new, end_value = {}, None
         for a, b in self.runs(n, p):
             if a == n:
                 value, hist = self.x[n], self.h.get(n)
             else:
-                value, hist = self.recv_point(a, self.owner(a - 1), "drift", line, k)
+                value, hist = self.recv_point(self.owner(a - 1), "drift", line, k)
                 new[a] = (value, hist)
             with self.ctx.host("drift", line, iter=k):
                 for i in range(a, b):
                     value = value + delta[i]
                     if i + 1 < b:
-                        new[i + 1] = (value, x0_last[i])
-            hist = x0_last[b - 1]
+                        new[i + 1] = (value, history.get(i))
+            hist = history.get(b - 1)
             if b == n + p:
                 end_value = (value, hist)
             if self.owner(b) != rank:
-                self.send_point(b, value, hist, self.owner(b), "drift", line, k)
+                self.send_point(value, hist, self.owner(b), "drift", line, k)
             else:
                 new[b] = (value, hist)              # only b = n+p can be this rank's own
         last, target = n + p - 1, n + p
         if self.owner(target) == rank and self.owner(last) != rank:
-            new[target] = self.recv_point(target, self.owner(last), "drift", line, k)
+            new[target] = self.recv_point(self.owner(last), "drift", line, k)
         return new, end_value
 
     def first_unconverged(self, n: int, p: int, new: dict, tol: float, k: int) -> int:
@@ -181,9 +189,9 @@ class Window:
                 continue
             x_new, h_new = new[i]
             change = _mean_square(x_new - self.x[i])
-            if self.solver.uses_history:
-                # a multistep sampler's point carries the previous x̂_0 too: it has converged
-                # only when that has settled as well (docs/algorithms/parasolver.md)
+            if self.solver.history_slots:
+                # a multistep sampler's point carries the previous step's quantities too: it
+                # has converged only when they have settled as well (docs/algorithms/parasolver.md)
                 change = max(change, _mean_square(h_new - self.h[i]) if i in self.h else math.inf)
             residuals[i] = math.sqrt(change / self.var[i]) if self.var[i] > 0 else (0.0 if change == 0 else None)
             if change > tol ** 2 * self.var[i] and i < first:

@@ -35,7 +35,8 @@ class EpsModel:
         return x
 
     def timestep_tensor(self, t, batch: int) -> torch.Tensor:
-        """``t`` as a ``(batch,)`` long tensor on the model's device."""
-        if isinstance(t, torch.Tensor):
-            return t.to(device=self.device, dtype=torch.long).reshape(-1).expand(batch)
-        return torch.full((batch,), int(t), dtype=torch.long, device=self.device)
+        """``t`` as a ``(batch,)`` tensor on the model's device: long for integer timesteps,
+        float64 for fractional ones (IIA's fine-grained steps, EDM's σ grid)."""
+        t = torch.as_tensor(t)
+        dtype = torch.float64 if t.is_floating_point() else torch.long
+        return t.to(device=self.device, dtype=dtype).reshape(-1).expand(batch)

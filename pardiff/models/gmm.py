@@ -43,7 +43,6 @@ class GaussianMixture(EpsModel):
         self.stds = torch.linspace(0.05, 0.2, K, dtype=torch.float64, device=self.device)
         self.weights = torch.softmax(torch.linspace(-1, 1, K, dtype=torch.float64), 0).to(self.device)
         self._mean_sq = (self.means ** 2).sum(1)                                   # (K,)
-        self._acp = torch.as_tensor(self.schedule.alphas_cumprod, dtype=torch.float64, device=self.device)
 
     @property
     def dim(self) -> int:
@@ -59,7 +58,7 @@ class GaussianMixture(EpsModel):
 
     def eps(self, x, t, class_labels=None):
         B = x.shape[0]
-        a = self._acp[self.timestep_tensor(t, B)]
+        a = self.schedule.alpha_bar_tensor(self.timestep_tensor(t, B))
         x64 = x.reshape(B, -1).to(torch.float64)
         logits, s2 = self._component_logits(x64, a)
         if class_labels is not None:

@@ -214,15 +214,18 @@ class DiffusersModel(EpsModel):
     def eps(self, x: torch.Tensor, t, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         B, C = x.shape[0], self.sample_shape[0]
         timesteps = self.timestep_tensor(t, B)
+        # fractional timesteps below 0 (the last fine-grained steps) were never trained: the
+        # network sees t = 0 there, while the conversion below uses the interpolated ᾱ
+        net_t = timesteps.clamp(min=0).float() if timesteps.is_floating_point() else timesteps
         with torch.inference_mode():
             sample = x.to(device=self.device, dtype=self.dtype)
             if self.encoder_hidden_states is not None:
                 text = self.encoder_hidden_states.expand(B, -1, -1)
-                out = self.module(sample, timesteps, encoder_hidden_states=text).sample
+                out = self.module(sample, net_t, encoder_hidden_states=text).sample
             elif self.num_classes is not None:
-                out = self.module(sample, timestep=timesteps, class_labels=self._labels(class_labels, B)).sample
+                out = self.module(sample, timestep=net_t, class_labels=self._labels(class_labels, B)).sample
             else:
-                out = self.module(sample, timesteps).sample
+                out = self.module(sample, net_t).sample
         # The first C channels are the prediction; the rest (if any) a learned variance.
         # copy=True outside inference mode: callers get an ordinary tensor they may update in place.
         out = out[:, :C].to(device=x.device, dtype=x.dtype, copy=True)

@@ -5,12 +5,18 @@ end (ᾱ = ``final_alpha_bar``). Step j takes grid point j to j + 1 with one mod
 evaluation at ``timesteps[j]``. ``j`` may be an int or a tensor of one step index per
 row, so that points at different steps advance as one batch (ParaSolver, ParaDiGMS);
 a sequential run uses the same arithmetic, so both give the same numbers.
+
+A step may need quantities of the step before it (a multistep solver's previous x̂_0,
+IIA-DDIM's previous x̂_0 and ε): ``history``, a ``(rows, history_slots, C, H, W)`` tensor
+that ``step`` returns for the next step. Rows without one (``has_history`` false: the
+first step, or a point a parallel solver just initialised) take the step without it.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import seeds
 from ..schedules import Schedule
 from .posterior import cast, posterior_mean, posterior_variance, predict_x0
 
@@ -18,7 +24,7 @@ from .posterior import cast, posterior_mean, posterior_variance, predict_x0
 class Solver:
     name = ""
     stochastic = False          # draws N(0, I) noise at each step (DDPM)
-    uses_history = False        # a step needs the previous step's x̂_0 (multistep solvers)
+    history_slots = 0           # quantities of the previous step a step needs
     clips = True                # x̂_0 is clamped where the model's scheduler clips (DDPM, DDIM)
 
     def __init__(self, schedule: Schedule, steps: int):
@@ -31,6 +37,11 @@ class Solver:
 
     def make_timesteps(self) -> list[int]:
         return self.schedule.timesteps(self.S, "leading")
+
+    @property
+    def grid(self) -> list[int]:
+        """The timesteps the sampler's steps start from (what IIA step sizes are fitted on)."""
+        return self.timesteps
 
     def final_alpha_bar(self) -> float:
         return 1.0
@@ -57,6 +68,13 @@ class Solver:
     def abar(self, g, x):
         return self.coef("abar", self.alpha_bars, self.rows(g, x), x)
 
+    @staticmethod
+    def masked(coefficient, has_history):
+        """Zero a per-row coefficient on rows that have no history."""
+        if has_history is None:
+            return coefficient
+        return coefficient * has_history.to(coefficient.device, coefficient.dtype).reshape(coefficient.shape)
+
     # --- the sampler ----------------------------------------------------------------
     def predict_x0(self, x, eps, j):
         """x̂_0 at grid point j from the model's ε."""
@@ -64,8 +82,26 @@ class Solver:
         return predict_x0(x, eps, self.abar(j, x), clip)
 
     def step(self, x, eps, j, history=None, has_history=None, noise=None):
-        """Step j for every row: returns (x at grid point j + 1, x̂_0 at grid point j)."""
+        """Step j for every row: returns (x at grid point j + 1, the history for step j + 1)."""
         raise NotImplementedError
+
+    def sample(self, ctx) -> torch.Tensor:
+        """Sequential sampling on one rank: the S steps in order.
+
+        The initial latent is stream INIT and DDPM's noise at step k (counting down,
+        k = S-1 .. 0, as SE2P's loop does) is stream STEP, index k: the draws SE2P and the
+        parallel solvers make, so that SE2P with γ = 1 and ParaSolver / ParaDiGMS with
+        tolerance 0 return this sample.
+        """
+        x = ctx.noise(seeds.INIT)
+        history = None
+        for j, t in enumerate(self.timesteps):
+            k = self.S - 1 - j
+            eps = ctx.eps(x, t, line="SEQ:eps", step=k)
+            with ctx.host("step", "SEQ:step", step=k):
+                noise = ctx.noise(seeds.STEP, k) if self.stochastic else None
+                x, history = self.step(x, eps, j, history, noise=noise)
+        return x
 
     def bridge(self, x, x0, g_from, g_to, noise=None):
         """x at grid point g_to from x at g_from with x̂_0 held fixed: one first-order step

@@ -5,9 +5,14 @@ from .base import Solver
 from .posterior import cast
 
 
+def ddim_step(x0, eps, a_next, x):
+    """x_next = √ᾱ_next x̂_0 + √(1−ᾱ_next) ε (``x`` gives the dtype)."""
+    return cast(a_next ** 0.5, x) * x0 + cast((1 - a_next) ** 0.5, x) * eps
+
+
 class DDIM(Solver):
-    """x_prev = √ᾱ_prev x̂_0 + √(1−ᾱ_prev) ε; leading timesteps; ᾱ = 1 past the end
-    (``set_alpha_to_one``) unless the model's scheduler says otherwise."""
+    """Leading timesteps; ᾱ = 1 past the end (``set_alpha_to_one``) unless the model's
+    scheduler says otherwise."""
 
     name = "ddim"
 
@@ -17,5 +22,4 @@ class DDIM(Solver):
     def step(self, x, eps, j, history=None, has_history=None, noise=None):
         j = self.rows(j, x)
         x0 = self.predict_x0(x, eps, j)
-        a_prev = self.abar(j + 1, x)
-        return cast(a_prev ** 0.5, x) * x0 + cast((1 - a_prev) ** 0.5, x) * eps, x0
+        return ddim_step(x0, eps, self.abar(j + 1, x), x), None

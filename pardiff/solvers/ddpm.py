@@ -26,4 +26,4 @@ class DDPM(Solver):
         j = self.rows(j, x)
         a, a_prev = self.abar(j, x), self.abar(j + 1, x)
         x0 = self.predict_x0(x, eps, j)
-        return posterior_mean(x, x0, a, a_prev) + cast(posterior_variance(a, a_prev) ** 0.5, x) * noise, x0
+        return posterior_mean(x, x0, a, a_prev) + cast(posterior_variance(a, a_prev) ** 0.5, x) * noise, None

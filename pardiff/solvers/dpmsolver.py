@@ -8,34 +8,44 @@ final step (``lower_order_final``), final σ = 0, "linspace" timesteps. With
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Solver
 from .posterior import cast
 
 
+def _lam(a: float) -> float:
+    return math.inf if a >= 1 else 0.5 * math.log(a / (1 - a))
+
+
+def dpmpp_coefficients(a_prev: float | None, a: float, a_next: float) -> tuple[float, float, float]:
+    """(c_x, c_d0, c_d1) of x_t = c_x x_s + c_d0 x̂_0(s) + c_d1 (x̂_0(s) − x̂_0(s_prev)) for ᾱ at
+    s_prev, s, t. ``a_prev`` None: first order (c_d1 = 0); ᾱ_t = 1: the final step, x̂_0."""
+    lam, lam_next = _lam(a), _lam(a_next)
+    phi = math.expm1(-(lam_next - lam))                  # e^{−h} − 1 (−1 at the clean end)
+    c_x = math.sqrt(1 - a_next) / math.sqrt(1 - a)
+    c_d0 = -math.sqrt(a_next) * phi
+    c_d1 = 0.0
+    if a_prev is not None and a_next < 1:
+        r = (lam - _lam(a_prev)) / (lam_next - lam)
+        c_d1 = -0.5 * math.sqrt(a_next) * phi / r
+    return c_x, c_d0, c_d1
+
+
 class DPMSolverPP(Solver):
     name = "dpmsolver"
-    uses_history = True
+    history_slots = 1           # the previous step's x̂_0
     clips = False
 
     def __init__(self, schedule, steps):
         super().__init__(schedule, steps)
         a = self.alpha_bars
-        alpha, sigma = np.sqrt(a), np.sqrt(1 - a)
-        with np.errstate(divide="ignore"):
-            lam = np.log(alpha) - np.log(sigma)            # +inf at the clean end (σ = 0)
-        S = self.S
-        self.c_x = np.zeros(S)                             # multiplies x_s
-        self.c_d0 = np.zeros(S)                            # multiplies x̂_0(s)
-        self.c_d1 = np.zeros(S)                            # multiplies x̂_0(s) − x̂_0(s_prev)
-        for j in range(S):
-            phi = np.expm1(-(lam[j + 1] - lam[j]))         # e^{−h} − 1 (−1 at the final step)
-            self.c_x[j] = sigma[j + 1] / sigma[j]
-            self.c_d0[j] = -alpha[j + 1] * phi
-            if 0 < j < S - 1:                              # second order in between
-                r = (lam[j] - lam[j - 1]) / (lam[j + 1] - lam[j])
-                self.c_d1[j] = -0.5 * alpha[j + 1] * phi / r
+        # second order in between; first order at the first and the final step
+        coefs = [dpmpp_coefficients(a[j - 1] if 0 < j < steps - 1 else None, a[j], a[j + 1])
+                 for j in range(steps)]
+        self.c_x, self.c_d0, self.c_d1 = (np.array(c) for c in zip(*coefs))
 
     def make_timesteps(self) -> list[int]:
         T = self.schedule.T
@@ -47,8 +57,6 @@ class DPMSolverPP(Solver):
         x0 = self.predict_x0(x, eps, j)
         out = cast(self.coef("c_x", self.c_x, j, x), x) * x + cast(self.coef("c_d0", self.c_d0, j, x), x) * x0
         if history is not None:
-            d1 = self.coef("c_d1", self.c_d1, j, x)
-            if has_history is not None:                    # rows without a previous x̂_0: first order
-                d1 = d1 * has_history.to(d1.device, d1.dtype).reshape(d1.shape)
-            out = out + cast(d1, x) * (x0 - history)
-        return out, x0
+            d1 = self.masked(self.coef("c_d1", self.c_d1, j, x), has_history)
+            out = out + cast(d1, x) * (x0 - history[:, 0])
+        return out, x0.unsqueeze(1)
