@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_common_flags(p: argparse.ArgumentParser) -> None:
     d = RunConfig(algorithm="se2p")
     common = p.add_argument_group("common")
     common.add_argument("--model", default=d.model, help="gmm (default), gmm:CxHxW, arch:<name>, a diffusers "
@@ -42,8 +42,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     common.add_argument("--out", help="write the samples: FILE.npy (latents) or FILE.png (image grid)")
     common.add_argument("--trace", help="record every compute and message to FILE.h5")
     common.add_argument("--report", help="write a JSON report (wall time, NFE, per-rank totals)")
+    common.add_argument("--guidance", type=float, default=d.guidance,
+                        help="classifier-free guidance scale w (class-conditional models, with --class-label)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig(algorithm="se2p")
+    _add_common_flags(p)
     seq = p.add_argument_group("sequential, parasolver, paradigms")
-    seq.add_argument("--sampler", default=d.sampler, help="ddpm (default) | ddim | dpmsolver (DPM-Solver++ 2M)")
+    seq.add_argument("--sampler", default=d.sampler,
+                     help="ddpm (default) | ddim | dpmsolver (DPM-Solver++ 2M) | edm | iia-ddim | iia-ddim-cfg | "
+                          "iia-dpmsolver++ | biia-edm | iia-edm (docs/algorithms/iia.md)")
+    seq.add_argument("--coeffs", help="IIA step sizes (FILE.h5 from pardiff fit-iia) for the iia-* samplers")
     par = p.add_argument_group("parasolver, paradigms (docs/algorithms/parasolver.md)")
     par.add_argument("--subintervals", type=int, default=d.subintervals,
                      help="parasolver: N subintervals, dividing --steps (default: one per step)")
@@ -77,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("algorithm", metavar="ALGO", help=" | ".join(ALGORITHMS))
     _add_run_flags(run)
 
+    fit = sub.add_parser("fit-iia", help="fit IIA step sizes by MMSE, the set B split over the ranks",
+                         description="mpiexec -n P pardiff fit-iia --solver ddim --steps 10 --fine 4 --batch 8 "
+                                     "--out coeffs.h5 (docs/algorithms/iia.md)")
+    d = RunConfig(algorithm="fit-iia")
+    fit.add_argument("--solver", default=d.solver, help="ddim (default) | ddim-cfg | dpmsolver++ | biia-edm | iia-edm")
+    fit.add_argument("--fine", type=int, default=d.fine, help="M fine-grained steps per step (default %(default)s)")
+    fit.add_argument("--history", type=int, default=d.history,
+                     help="r: earlier steps whose quantities BIIA-EDM / IIA-EDM combine (default %(default)s)")
+    fit.add_argument("--quantities", type=int, default=d.quantities,
+                     help="IIA-DDIM: 2 (Eq. 6, default) or 1 (Eq. 25)")
+    _add_common_flags(fit)
+    fit.set_defaults(algorithm="fit-iia", batch=16)        # |B|: the paper averages (7) over 16 noises
+
     trace = sub.add_parser("trace", help="inspect a trace file")
     tsub = trace.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     summary = tsub.add_parser("summary", help="per rank and label: compute, communication, waiting, bytes")
@@ -100,7 +123,7 @@ def _run(args) -> int:
     from .comm.mpi import LauncherMismatch, MPIComm
     from .runtime import run
 
-    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm"}
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
     cfg = RunConfig(algorithm=args.algorithm, **fields)
     try:
         comm = MPIComm()
@@ -138,7 +161,7 @@ def _trace(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "fit-iia"):
         return _run(args)
     if args.command == "trace":
         return _trace(args)

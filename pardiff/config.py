@@ -9,8 +9,12 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-ALGORITHMS = ("sequential", "se2p", "parasolver", "paradigms")
-SAMPLERS = ("ddpm", "ddim", "dpmsolver")
+ALGORITHMS = ("sequential", "se2p", "parasolver", "paradigms", "fit-iia")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver", "edm", "iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++", "biia-edm",
+            "iia-edm")
+GRID_SAMPLERS = ("ddpm", "ddim", "dpmsolver", "iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++")
+IIA_SAMPLERS = ("iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++", "biia-edm", "iia-edm")
+IIA_SOLVERS = ("ddim", "ddim-cfg", "dpmsolver++", "biia-edm", "iia-edm")
 INTEGRATIONS = ("predictor", "naive", "predictor-tk1")
 MU_PRED = ("ho", "as-printed")
 SEED_SHARING = ("message", "precomputed")
@@ -42,8 +46,15 @@ class RunConfig:
     out: str | None = None
     trace: str | None = None
     report: str | None = None
+    guidance: float | None = None    # classifier-free guidance scale w: ε̈ = ε(∅) + w (ε(c) − ε(∅))
     # sequential, parasolver, paradigms
     sampler: str = "ddpm"
+    coeffs: str | None = None        # IIA step sizes from fit-iia
+    # fit-iia
+    solver: str = "ddim"
+    fine: int = 3                    # M fine-grained steps per coarse step (the paper's App. D.1)
+    history: int = 1                 # r (BIIA-EDM, IIA-EDM)
+    quantities: int = 2              # IIA-DDIM: Eq. 6 (2) or Eq. 25 (1)
     # parasolver, paradigms
     subintervals: int | None = None  # N; None: one per sampler step
     precondition: int = 2            # M
@@ -86,14 +97,34 @@ class RunConfig:
             raise ConfigError("--rho", f"the variance scaling ρ must be > 0, got {self.rho}")
         if self.algorithm in ("parasolver", "paradigms"):
             self._validate_window()
+            if self.sampler not in GRID_SAMPLERS:
+                raise ConfigError("--sampler", f"{self.algorithm} needs a sampler with one model evaluation "
+                                               f"per step: {', '.join(GRID_SAMPLERS)}; got {self.sampler!r}")
+        if self.guidance is not None and not (abs(self.guidance) < float("inf")):
+            raise ConfigError("--guidance", f"must be a finite number, got {self.guidance}")
+        if self.algorithm == "fit-iia":
+            self._validate_fit(world_size)
+        elif self.sampler in IIA_SAMPLERS and self.algorithm != "se2p":
+            if not self.coeffs:
+                raise ConfigError("--coeffs", f"--sampler {self.sampler} needs the step sizes fitted by "
+                                              "pardiff fit-iia (--coeffs FILE.h5)")
+            if not os.path.isfile(self.coeffs):
+                raise ConfigError("--coeffs", f"no such file {self.coeffs!r}")
+        elif self.coeffs:
+            raise ConfigError("--coeffs", f"only the IIA samplers ({', '.join(IIA_SAMPLERS)}) use step sizes")
+        if self.guidance is not None and self.algorithm != "fit-iia" and self.class_label < 0:
+            raise ConfigError("--guidance", "classifier-free guidance needs a class: give --class-label")
+        if self.sampler == "iia-ddim-cfg" and self.algorithm != "fit-iia" and self.guidance is None:
+            raise ConfigError("--guidance", "--sampler iia-ddim-cfg samples with classifier-free guidance")
         from .models import check_model_spec
         try:
             check_model_spec(self.model)
         except ValueError as e:
             raise ConfigError("--model", str(e)) from None
         if self.out is not None:
-            if os.path.splitext(self.out)[1].lower() not in OUT_EXTENSIONS:
-                raise ConfigError("--out", f"must end in .npy or .png, got {self.out!r}")
+            extensions = (".h5",) if self.algorithm == "fit-iia" else OUT_EXTENSIONS
+            if os.path.splitext(self.out)[1].lower() not in extensions:
+                raise ConfigError("--out", f"must end in {' or '.join(extensions)}, got {self.out!r}")
             _writable("--out", self.out)
         if self.trace is not None:
             _writable("--trace", self.trace)
@@ -123,6 +154,24 @@ class RunConfig:
                                                 f"(points beyond the first window are re-initialised before use), "
                                                 f"got {self.precondition}")
 
+    def _validate_fit(self, world_size: int) -> None:
+        _choice("--solver", self.solver, IIA_SOLVERS)
+        if not self.out:
+            raise ConfigError("--out", "fit-iia writes the step sizes to --out FILE.h5")
+        if self.fine < 2:
+            raise ConfigError("--fine", f"M fine-grained steps per step must be at least 2, got {self.fine}")
+        if self.batch < world_size:
+            raise ConfigError("--batch", f"|B| = {self.batch} initial noises cannot be split over {world_size} "
+                                         "ranks: give at least one per rank")
+        if self.history < 0:
+            raise ConfigError("--history", f"r must be >= 0, got {self.history}")
+        if self.quantities not in (1, 2):
+            raise ConfigError("--quantities", f"IIA-DDIM uses 1 (Eq. 25) or 2 (Eq. 6) quantities, got {self.quantities}")
+        if self.solver == "ddim-cfg" and self.guidance is None:
+            raise ConfigError("--guidance", "--solver ddim-cfg fits the guided sampler: give --guidance w")
+        if self.solver in ("biia-edm", "iia-edm") and self.steps < 3:
+            raise ConfigError("--steps", "the EDM variants fit steps 1 .. N-2: give at least 3 steps")
+
     def validate_with_model(self, model, world_size: int) -> None:
         """Checks that need the loaded model's schedule and classes."""
         T = model.schedule.T
@@ -136,6 +185,10 @@ class RunConfig:
         if self.out and self.out.lower().endswith(".png") and model.image_channels not in (1, 3):
             raise ConfigError("--out", f"a PNG needs 1 or 3 image channels; {self.model!r} makes "
                                        f"{model.image_channels} (write .npy instead)")
+        if (self.guidance is not None or self.solver == "ddim-cfg" and self.algorithm == "fit-iia") \
+                and model.num_classes is None:
+            raise ConfigError("--guidance", f"classifier-free guidance needs a class-conditional model; "
+                                            f"{self.model!r} is not")
         if self.class_label >= 0:
             if model.num_classes is None:
                 raise ConfigError("--class-label", f"model {self.model!r} is not class-conditional")

@@ -39,6 +39,7 @@ class Context:
     comm: Comm
     model: EpsModel
     device: torch.device
+    coeffs: object = None                         # IIA step sizes (--coeffs), checked against model and grid
     report: dict = field(default_factory=dict)   # algorithm-specific entries for --report
 
     @property
@@ -54,18 +55,31 @@ class Context:
         """The shape of one latent batch: (batch, C, H, W)."""
         return (self.cfg.batch, *self.model.sample_shape)
 
-    def eps(self, x: torch.Tensor, t, *, line: str, step: int = -1, iter: int = -1) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t, *, line: str, step: int = -1, iter: int = -1,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
         """One traced model evaluation ε_θ(x, t) (kind ``compute``, label ``eps``).
 
-        ``t`` is an int, or a list / CPU tensor of per-sample timesteps (batched points).
+        ``t`` is a number, or a list / CPU tensor of per-sample timesteps (batched points);
+        fractional timesteps use the schedule's interpolation. ``labels`` (one class per row)
+        default to ``--class-label``. With ``--guidance w`` the conditional and unconditional
+        predictions are one call of twice the batch, combined as ε(∅) + w (ε(c) − ε(∅)).
         """
-        t_host = torch.as_tensor(t).reshape(-1)
-        labels = None
-        if self.cfg.class_label >= 0:
-            labels = torch.full((x.shape[0],), self.cfg.class_label, dtype=torch.long, device=self.device)
+        # a Python float stays float64 (torch would make it float32: ~1e-4 off at t ≈ 1000)
+        t_host = (torch.tensor(t, dtype=torch.float64) if isinstance(t, float) else torch.as_tensor(t)).reshape(-1)
+        rows = x.shape[0]
+        if labels is None and self.cfg.class_label >= 0:
+            labels = torch.full((rows,), self.cfg.class_label, dtype=torch.long)
+        guided = self.cfg.guidance is not None
+        if guided:
+            x = torch.cat([x, x])
+            t_host = t_host.repeat(2) if t_host.numel() == rows else t_host
+            labels = torch.cat([labels.cpu().reshape(-1).expand(rows), torch.full((rows,), -1, dtype=torch.long)])
+        t_model = t if isinstance(t, int) and not guided else t_host
         with self.trace.span("compute", "eps", line, step=step, iter=iter, t=int(t_host.max()),
                              t_min=int(t_host.min()), batch=x.shape[0]):
-            out = self.model.eps(x, t if isinstance(t, int) else t_host, labels)
+            out = self.model.eps(x, t_model, labels if labels is None else labels.to(self.device))
+            if guided:
+                out = out[rows:] + self.cfg.guidance * (out[:rows] - out[rows:])
             if x.device.type == "cuda":
                 torch.cuda.synchronize(x.device)   # so the event ends when the GPU is done
         return out
@@ -178,12 +192,13 @@ def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
     if agree(comm, error):
         return 2
 
-    model = device = None
+    model = device = coeffs = None
     try:
         device = select_device(cfg, comm)
         _set_threads(comm, device)
         model = load_model(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
         cfg.validate_with_model(model, comm.size)
+        coeffs = _load_coeffs(cfg, model)
     except ConfigError as e:
         error = str(e)
     except ValueError as e:         # a model that cannot be loaded
@@ -197,13 +212,31 @@ def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
             model.eps(torch.zeros(cfg.batch, *model.sample_shape, device=device), model.schedule.T - 1)
             torch.cuda.synchronize(device)
         _start_trace(cfg, comm, device)
-        ctx = Context(cfg, comm, model, device)
+        ctx = Context(cfg, comm, model, device, coeffs)
         comm._barrier()            # start together, so wall time measures the algorithm alone
         t_start = time.perf_counter()
         sample = algorithm(ctx)
         wall_s = time.perf_counter() - t_start
         _finish(ctx, sample, wall_s)
     return 0
+
+
+def _load_coeffs(cfg: RunConfig, model):
+    """The IIA step sizes of --coeffs, refused unless fitted for this sampler, model and grid."""
+    if not cfg.coeffs:
+        return None
+    from .iia.coeffs import Coefficients
+    from .solvers import make_solver
+    try:
+        coeffs = Coefficients.load(cfg.coeffs)
+        grid = make_solver(cfg.sampler, model.schedule, cfg.steps, coeffs).grid
+        coeffs.check(cfg.sampler, cfg.model, model, grid)
+    except ValueError as e:
+        raise ConfigError("--coeffs", f"{cfg.coeffs}: {e}") from None
+    if cfg.sampler == "iia-ddim-cfg" and coeffs.guidance != cfg.guidance:
+        raise ConfigError("--guidance", f"the step sizes in {cfg.coeffs} were fitted for guidance "
+                                        f"{coeffs.guidance}, not {cfg.guidance}")
+    return coeffs
 
 
 def _finish(ctx: Context, sample, wall_s: float) -> None:
@@ -219,7 +252,9 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
                                    "device": _device_name(ctx.device)})
     if comm.rank != 0:
         return
-    if cfg.out:
+    if cfg.out and hasattr(sample, "save"):
+        sample.save(cfg.out)                 # fit-iia's step sizes
+    elif cfg.out:
         save_samples(cfg.out, sample, ctx.model)
     if cfg.trace:
         merge_parts(cfg.trace, world_size=comm.size)

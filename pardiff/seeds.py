@@ -16,6 +16,7 @@ import torch
 INIT = 0        # the initial latent x_{N-1} ~ N(0, I)
 STEP = 1        # the noise of the stochastic step at grid index k (shared by all procs)
 PREDICTOR = 2   # SE2P line 8: the predictor's own noise, private to the proc that draws it
+FIT = 4         # fit-iia: the initial noise of sample b of the set B (one draw per sample)
 
 
 def seed_for(run_seed: int, stream: int, *index: int) -> int:

@@ -73,6 +73,24 @@ BAD = [
     (2, ["sequential", "--sampler", "euler"], "--sampler"),
     (2, ["se2p", "--gamma", "abc"], "--gamma"),
     (2, ["paradigm"], "ALGO"),
+    (1, ["sequential", "--sampler", "iia-ddim"], "--coeffs"),
+    (1, ["sequential", "--sampler", "iia-ddim", "--coeffs", "none.h5"], "--coeffs"),
+    (1, ["sequential", "--sampler", "ddim", "--coeffs", "none.h5"], "--coeffs"),
+    (1, ["sequential", "--sampler", "ddim", "--guidance", 2], "--guidance"),
+    (1, ["sequential", "--sampler", "ddim", "--guidance", "nan", "--class-label", 1], "--guidance"),
+    (1, ["sequential", "--model", "arch:ddpm-church-256", "--guidance", 2, "--class-label", 1], "--guidance"),
+    (2, ["parasolver", "--sampler", "edm"], "--sampler"),
+    (2, ["fit-iia"], "--out"),
+    (2, ["fit-iia", "--out", "c.npy"], "--out"),
+    (2, ["fit-iia", "--solver", "heun", "--out", "c.h5"], "--solver"),
+    (2, ["fit-iia", "--fine", 1, "--out", "c.h5"], "--fine"),
+    (3, ["fit-iia", "--batch", 2, "--out", "c.h5"], "--batch"),
+    (2, ["fit-iia", "--quantities", 3, "--out", "c.h5"], "--quantities"),
+    (2, ["fit-iia", "--solver", "biia-edm", "--history", -1, "--out", "c.h5"], "--history"),
+    (2, ["fit-iia", "--solver", "iia-edm", "--steps", 2, "--out", "c.h5"], "--steps"),
+    (2, ["fit-iia", "--solver", "ddim-cfg", "--out", "c.h5"], "--guidance"),
+    (2, ["fit-iia", "--solver", "ddim-cfg", "--guidance", 2, "--model", "arch:ddpm-church-256",
+         "--out", "c.h5"], "--guidance"),
 ]
 
 
@@ -80,7 +98,8 @@ BAD = [
 def test_bad_input_is_one_clear_message_before_any_work(tmp_path, n, args, flag):
     if "--trace" not in args:
         args = [*args, "--trace", "t.h5"]          # so that any work would leave a file behind
-    result = pardiff(n, "run", *args, cwd=tmp_path, check=False, timeout=60)
+    command = args if args[0] == "fit-iia" else ["run", *args]
+    result = pardiff(n, *command, cwd=tmp_path, check=False, timeout=60)
     assert result.returncode == 2, result.stderr
     errors = [l for l in result.stderr.splitlines() if "error" in l]
     assert len(errors) == 1 and flag in errors[0], result.stderr

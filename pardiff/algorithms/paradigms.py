@@ -23,7 +23,7 @@ LINES = {"init": "PD:init", "eval": "PD:eval", "drift": "PD:picard", "stride": "
 def paradigms(ctx) -> torch.Tensor | None:
     """ParaDiGMS (Shih et al. 2023), the window spread over the ranks."""
     cfg, comm = ctx.cfg, ctx.comm
-    solver = make_solver(cfg.sampler, ctx.schedule, cfg.steps)
+    solver = make_solver(cfg.sampler, ctx.schedule, cfg.steps, ctx.coeffs)
     win = Window(ctx, solver, solver.S, cfg.window, LINES)
     N, p = win.N, win.p_max
 

@@ -21,7 +21,7 @@ LINES = {"init": "PS-A1:1/Eq.17", "eval": "PS-A1:4", "drift": "PS-A1:6/Eq.13", "
 def parasolver(ctx) -> torch.Tensor | None:
     """ParaSolver, Algorithm 1 of Lu et al. (2025), the window spread over the ranks."""
     cfg, comm = ctx.cfg, ctx.comm
-    solver = make_solver(cfg.sampler, ctx.schedule, cfg.steps)
+    solver = make_solver(cfg.sampler, ctx.schedule, cfg.steps, ctx.coeffs)
     win = Window(ctx, solver, cfg.subintervals or solver.S, cfg.window, LINES)
     N, p = win.N, win.p_max
 

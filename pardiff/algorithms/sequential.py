@@ -8,4 +8,4 @@ from ..solvers import make_solver
 
 def sequential(ctx) -> torch.Tensor:
     """Sequential sampling with ``--sampler`` on one rank (``Solver.sample``)."""
-    return make_solver(ctx.cfg.sampler, ctx.schedule, ctx.cfg.steps).sample(ctx)
+    return make_solver(ctx.cfg.sampler, ctx.schedule, ctx.cfg.steps, ctx.coeffs).sample(ctx)
