@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--fine", type=int, default=d.fine, help="M fine-grained steps per step (default %(default)s)")
     fit.add_argument("--history", type=int, default=d.history,
                      help="r: earlier steps whose quantities BIIA-EDM / IIA-EDM combine (default %(default)s)")
+    fit.add_argument("--trajectory", default=d.trajectory,
+                     help="iia (default): fit step i at the states the IIA sampler reaches with the step sizes "
+                          "fitted before it; base: at the base sampler's states (docs/algorithms/iia.md)")
     fit.add_argument("--quantities", type=int, default=d.quantities,
                      help="IIA-DDIM: 2 (Eq. 6, default) or 1 (Eq. 25)")
     _add_common_flags(fit)

@@ -15,6 +15,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmsolver", "edm", "iia-ddim", "iia-ddim-cfg", "iia
 GRID_SAMPLERS = ("ddpm", "ddim", "dpmsolver", "iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++")
 IIA_SAMPLERS = ("iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++", "biia-edm", "iia-edm")
 IIA_SOLVERS = ("ddim", "ddim-cfg", "dpmsolver++", "biia-edm", "iia-edm")
+FIT_TRAJECTORIES = ("iia", "base")
 INTEGRATIONS = ("predictor", "naive", "predictor-tk1")
 MU_PRED = ("ho", "as-printed")
 SEED_SHARING = ("message", "precomputed")
@@ -55,6 +56,7 @@ class RunConfig:
     fine: int = 3                    # M fine-grained steps per coarse step (the paper's App. D.1)
     history: int = 1                 # r (BIIA-EDM, IIA-EDM)
     quantities: int = 2              # IIA-DDIM: Eq. 6 (2) or Eq. 25 (1)
+    trajectory: str = "iia"          # the states z_i the fit sees: the IIA sampler's or the base sampler's
     # parasolver, paradigms
     subintervals: int | None = None  # N; None: one per sampler step
     precondition: int = 2            # M
@@ -156,6 +158,7 @@ class RunConfig:
 
     def _validate_fit(self, world_size: int) -> None:
         _choice("--solver", self.solver, IIA_SOLVERS)
+        _choice("--trajectory", self.trajectory, FIT_TRAJECTORIES)
         if not self.out:
             raise ConfigError("--out", "fit-iia writes the step sizes to --out FILE.h5")
         if self.fine < 2:

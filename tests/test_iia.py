@@ -212,3 +212,14 @@ def test_iia_ddim_lands_closer_to_the_500_step_reference(tmp_path):
         pardiff(1, "run", "sequential", "--sampler", "iia-ddim", "--coeffs", f"c{q}.h5", "--steps", 10, *flags,
                 "--out", f"iia{q}.npy", cwd=tmp_path)
         assert err(f"iia{q}.npy") < 0.8 * err("ddim.npy"), (q, err(f"iia{q}.npy"), err("ddim.npy"))
+
+
+def test_fit_on_the_base_trajectory(fits):
+    """--trajectory base: the same first fitted step (z_1 is DDIM's either way), later steps differ."""
+    d = fits["dir"]
+    pardiff(2, *FIT, "--solver", "ddim", "--steps", 10, "--trajectory", "base", "--out", "base.h5", cwd=d)
+    base, iia = Coefficients.load(str(d / "base.h5")), fits["ddim-1"][0]
+    assert np.array_equal(base.coefficients[:2], iia.coefficients[:2])
+    assert not np.allclose(base.coefficients[2:], iia.coefficients[2:])
+    fitted = ~np.isnan(base.residual_base)
+    assert (base.residual_fitted[fitted] <= base.residual_base[fitted]).all()

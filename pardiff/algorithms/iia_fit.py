@@ -1,7 +1,7 @@
 """fit-iia: IIA step sizes by MMSE (Zhang, Niwa & Kleijn, ICLR 2024), the set B split over ranks.
 
 For each step i, in order, on the trajectory of the IIA sampler itself (the step sizes of
-steps < i already fitted):
+steps < i already fitted; ``--trajectory base``: on the base sampler's):
 
 1. the coarse step: the base update and the quantities Q_q (or EDM's vectors V_q);
 2. the fine-grained integration of the same interval: the base sampler over M sub-steps at
@@ -10,7 +10,8 @@ steps < i already fitted):
    G = Σ_B Q Qᵀ, h = Σ_B Q (fine − base), c = Σ_B ‖fine − base‖², each sample's terms
    gathered to every rank by one traced allreduce (label ``gram``) and summed in sample
    order; every rank solves G φ = h itself;
-4. the step taken with the fitted φ_i, so step i + 1 starts where the IIA sampler will be.
+4. the step taken with the fitted φ_i, so step i + 1 starts where the IIA sampler will be
+   (``--trajectory base``: the base sampler's step, the other reading of "z_i").
 
 Sample b of B starts from noise stream FIT, index b, and (with --guidance) class b mod K;
 rank r holds the contiguous share b ∈ [rB/P, (r+1)B/P). Only step 3 crosses ranks, and
@@ -151,7 +152,10 @@ class GridFit(Fit):
                 target = self.fine(x, eps, i, x0_prev) - base
                 self.fit_step(i, quantities, target, np.zeros(solver.phi.shape[1]))
             with self.ctx.host("step", f"{self.line}:step", step=i):
-                x, history = solver.step(x, eps, i, history)
+                if self.ctx.cfg.trajectory == "base":
+                    x, history = base, history_next
+                else:
+                    x, history = solver.step(x, eps, i, history)
 
 
 class EDMFit(Fit):
@@ -186,7 +190,8 @@ class EDMFit(Fit):
             if i in solver.fitted_steps:
                 self.fit_step(i, solver.design(i, recent), self.fine(y, D, i), default[i])
             with self.ctx.host("step", f"{self.line}:step", step=i):
-                y = y + solver.increment(i, recent)
+                phi = default[i] if self.ctx.cfg.trajectory == "base" else solver.phi[i]
+                y = y + solver.increment(i, recent, phi)
 
 
 def fit_iia(ctx) -> Coefficients:

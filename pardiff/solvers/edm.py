@@ -92,9 +92,10 @@ class EDM:
         h = self.sigmas[i + 1] - self.sigmas[i]
         return [h * q[0] for q in recent]
 
-    def increment(self, i: int, recent: list[list]):
-        vectors = self.design(i, recent)
-        return sum(float(self.phi[i, q]) * v for q, v in enumerate(vectors))
+    def increment(self, i: int, recent: list[list], phi=None):
+        """y_{i+1} − y_i: the design vectors weighted by step i's step sizes (``phi``: other ones)."""
+        phi = self.phi[i] if phi is None else phi
+        return sum(float(phi[q]) * v for q, v in enumerate(self.design(i, recent)))
 
     def sample(self, ctx) -> torch.Tensor:
         y = self.sigmas[0] * ctx.noise(seeds.INIT)              # z_0 ~ N(0, α² σ̃² I), so y_0 = σ̃_0 n
