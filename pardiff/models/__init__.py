@@ -2,6 +2,7 @@
 
 - ``gmm`` (default) or ``gmm:CxHxW``: the analytic Gaussian mixture (models/gmm.py);
 - ``arch:<name>``: a real architecture from its config with random weights (models/hub.py);
+- ``lfw-32``: a DDPM trained by ``pardiff train``, its weights shipped in models/weights/;
 - a local diffusers folder or a hub id (``org/name``), loaded with ``from_pretrained``.
 """
 from __future__ import annotations
@@ -15,6 +16,9 @@ from .base import EpsModel
 from .gmm import GaussianMixture
 
 ARCH_NAMES = ("ddpm-church-256", "ddpm-celebahq-256", "sd2-unet", "dit-xl-2-256")
+# Models we trained ourselves (pardiff train; docs/reproduction.md): name -> folder in models/weights/
+TRAINED = {"lfw-32": "lfw-32"}
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _GMM = re.compile(r"^gmm(?::(\d+)x(\d+)x(\d+))?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -25,6 +29,11 @@ def check_model_spec(spec: str) -> None:
     if m:
         if m.group(1) and min(int(g) for g in m.groups()) < 1:
             raise ValueError(f"gmm shape must be positive, got {spec!r}")
+        return
+    if spec in TRAINED:
+        if not os.path.isfile(os.path.join(trained_path(spec), "config.json")):
+            raise ValueError(f"the weights of {spec!r} are missing from this install ({trained_path(spec)}); "
+                             "reinstall pardiff, or train them: launch/train_lfw.sh")
         return
     if spec.startswith("arch:"):
         if spec[5:] not in ARCH_NAMES:
@@ -51,9 +60,18 @@ def load_model(spec: str, device="cpu", dtype=torch.float32) -> EpsModel:
     from . import hub   # diffusers is imported only when a network is needed
     if spec.startswith("arch:"):
         return hub.load_arch(spec[5:], device=device, dtype=dtype)
+    if spec in TRAINED:
+        model = hub.load_pretrained(trained_path(spec), device=device, dtype=dtype)
+        model.name = spec
+        return model
     return hub.load_pretrained(spec, device=device, dtype=dtype)
+
+
+def trained_path(name: str) -> str:
+    """The folder of a model we trained and ship (``TRAINED``)."""
+    return os.path.join(WEIGHTS_DIR, TRAINED[name])
 
 
 def model_names() -> list[str]:
     """Every model name ``--model`` accepts without a path or hub id."""
-    return ["gmm", "gmm:CxHxW"] + ["arch:" + n for n in ARCH_NAMES]
+    return ["gmm", "gmm:CxHxW"] + ["arch:" + n for n in ARCH_NAMES] + list(TRAINED)

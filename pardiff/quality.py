@@ -1,0 +1,308 @@
+"""``pardiff eval``: what a sampler changes in its images, measured (docs/reproduction.md).
+
+Per image, on pixel values mapped from [-1, 1] to [0, 1] (clipped): the attributes SE2P claims
+to change, brightness (mean luma), contrast (RMS contrast: the luma's standard deviation),
+sharpness (variance of the luma's 4-neighbour Laplacian) and colourfulness (Hasler and
+Süsstrunk 2003, on the 0..255 scale they define it on; 0 for one channel), and the fraction of
+pixels at or beyond the range ends (saturated). Against a reference:
+
+- ``lfw``: KID (unbiased MMD², cubic polynomial kernel) between the samples' and the LFW
+  training images' features in a small face / non-face classifier trained here with a fixed
+  seed; the rate of samples it calls faces; the RMS distance of each sample to its nearest
+  training image (memorisation shows as a small one);
+- ``gmm`` / ``gmm:CxHxW``: the exact mean log-likelihood under the mixture, beside that of
+  exact samples of it.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ATTRIBUTES = ("brightness", "contrast", "sharpness", "colourfulness", "saturated")
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
+FEATURE_SIZE = 32              # the classifier's input size; samples of another size are resized to it
+
+
+class EvalError(ValueError):
+    """A bad argument: ``flag`` names it."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------
+
+def load_samples(path: str) -> torch.Tensor:
+    """(B, C, H, W) float32 from a ``pardiff run --out FILE.npy``."""
+    if not path.lower().endswith(".npy"):
+        raise EvalError("SAMPLES", f"{path!r}: give the .npy files of pardiff run --out (a PNG grid does not "
+                                   "say where its images end)")
+    if not os.path.isfile(path):
+        raise EvalError("SAMPLES", f"{path!r} does not exist")
+    try:
+        x = np.load(path)
+    except (OSError, ValueError) as e:
+        raise EvalError("SAMPLES", f"{path!r} is not a readable .npy file: {e}") from None
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or min(x.shape) < 1:
+        raise EvalError("SAMPLES", f"{path!r} holds shape {x.shape}; expected images (B, C, H, W) with C = 1 or 3")
+    if x.shape[2] < 3 or x.shape[3] < 3:
+        raise EvalError("SAMPLES", f"{path!r}: images of {x.shape[2]}x{x.shape[3]} are too small for a Laplacian")
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] to pixel values in [0, 1], as the PNG writer maps them."""
+    return ((x.double() + 1) / 2).clamp(0, 1)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) luma of images (B, C, H, W) in [0, 1]: the channel itself, or BT.601 of RGB."""
+    if images.shape[1] == 1:
+        return images[:, 0]
+    w = torch.tensor(LUMA, dtype=images.dtype)
+    return (images * w[None, :, None, None]).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image attributes (images in [0, 1], shape (B, C, H, W)); each returns (B,)
+# ---------------------------------------------------------------------------------------------
+
+def brightness(images: torch.Tensor) -> torch.Tensor:
+    return luma(images).flatten(1).mean(1)
+
+
+def contrast(images: torch.Tensor) -> torch.Tensor:
+    """RMS contrast: the standard deviation of the luma over the image."""
+    return luma(images).flatten(1).std(1, unbiased=False)
+
+
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Variance of the Laplacian of the luma, over the interior (no padding: borders add no edges)."""
+    y = luma(images)[:, None]
+    lap = F.conv2d(y, LAPLACIAN.to(y.dtype)[None, None])
+    return lap.flatten(1).var(1, unbiased=False)
+
+
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler and Süsstrunk's M = σ_rgyb + 0.3 μ_rgyb on 0..255 RGB; 0 for grayscale images."""
+    if images.shape[1] == 1:
+        return torch.zeros(images.shape[0], dtype=images.dtype)
+    r, g, b = (images[:, i].flatten(1) * 255 for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    sigma = (rg.var(1, unbiased=False) + yb.var(1, unbiased=False)).sqrt()
+    mu = (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
+    return sigma + 0.3 * mu
+
+
+def saturated(x: torch.Tensor) -> torch.Tensor:
+    """Fraction of values at or beyond ±1 (raw samples): pixels the image clips to black or white."""
+    return (x.abs() >= 1).flatten(1).double().mean(1)
+
+
+def image_attributes(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every attribute per image, of raw samples x (B, C, H, W) in [-1, 1]."""
+    images = to_unit(x)
+    return {"brightness": brightness(images), "contrast": contrast(images), "sharpness": sharpness(images),
+            "colourfulness": colourfulness(images), "saturated": saturated(x)}
+
+
+# ---------------------------------------------------------------------------------------------
+# KID
+# ---------------------------------------------------------------------------------------------
+
+def kid(fx: torch.Tensor, fy: torch.Tensor) -> float:
+    """Unbiased MMD² with k(a, b) = (a·b / d + 1)³ (Bińkowski et al. 2018); fx (m, d), fy (n, d)."""
+    m, n, d = len(fx), len(fy), fx.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError("KID needs at least 2 samples on each side")
+    fx, fy = fx.double(), fy.double()
+    kxx = (fx @ fx.T / d + 1) ** 3
+    kyy = (fy @ fy.T / d + 1) ** 3
+    kxy = (fx @ fy.T / d + 1) ** 3
+    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+                 + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+def kid_subset_std(fx: torch.Tensor, fy: torch.Tensor, repeats: int = 50, seed: int = 0) -> float:
+    """Spread of KID over random halves of the samples (KID's usual ± ; about √2 × the full set's)."""
+    g = torch.Generator().manual_seed(seed)
+    half = max(2, len(fx) // 2)
+    values = [kid(fx[torch.randperm(len(fx), generator=g)[:half]], fy) for _ in range(repeats)]
+    return float(np.std(values))
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature network: a small face / non-face classifier on the LFW images
+# ---------------------------------------------------------------------------------------------
+
+class FeatureNet(torch.nn.Module):
+    """Three conv layers, global average pooling: 64 features; a linear face logit on top."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(64, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))[:, 0]
+
+
+def train_feature_net(images: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 400):
+    """Train on 80 % of the images (a fixed split), report accuracy on the other 20 %.
+
+    Everything is seeded and on the CPU, so every ``pardiff eval`` measures with the same net.
+    Returns (net, held-out accuracy).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(images), generator=g)
+        n_test = len(images) // 5
+        test, train = order[:n_test], order[n_test:]
+        net = FeatureNet()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+        for _ in range(steps):
+            idx = train[torch.randint(len(train), (64,), generator=g)]
+            x = images[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss = F.binary_cross_entropy_with_logits(net(x), labels[idx].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval().requires_grad_(False)
+    with torch.no_grad():
+        accuracy = float(((net(images[test]) > 0).long() == labels[test]).double().mean())
+    return net, accuracy
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class LfwReference:
+    """The LFW images, the feature net trained on them, and their features (standardised)."""
+
+    def __init__(self):
+        from .data import load_dataset
+        try:
+            self.images, labels = load_dataset("lfw", FEATURE_SIZE)
+        except ValueError as e:
+            raise EvalError("--reference", e) from None
+        self.net, self.accuracy = train_feature_net(self.images, labels)
+        with torch.no_grad():
+            f = self.net.features(self.images).double()
+        self.mean, self.std = f.mean(0), f.std(0) + 1e-6
+        self.features = (f - self.mean) / self.std
+
+    def metrics(self, x: torch.Tensor) -> dict:
+        """KID, its spread, the face rate and the nearest-training-image distance of samples x."""
+        x = _resize(x.float().clamp(-1, 1), FEATURE_SIZE)
+        with torch.no_grad():
+            f = (self.net.features(x).double() - self.mean) / self.std
+            face = (self.net(x) > 0).double()
+        flat = x.flatten(1).double()
+        train = torch.cat([self.images, self.images.flip(-1)]).flatten(1).double()
+        nearest = torch.cdist(flat, train).min(1).values / math.sqrt(flat.shape[1])
+        return {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
+                "face_rate": float(face.mean()), "nearest_train_rms": float(nearest.mean()),
+                "nearest_train_rms_min": float(nearest.min())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Gaussian mixture
+# ---------------------------------------------------------------------------------------------
+
+def gmm_loglik(x: torch.Tensor, spec: str) -> dict:
+    """Mean exact log p(x) of the samples, and of as many exact mixture samples, in nats per dimension."""
+    from .models import load_model
+    mixture = load_model(spec)
+    if tuple(x.shape[1:]) != tuple(mixture.sample_shape):
+        raise EvalError("--reference", f"{spec} has shape {tuple(mixture.sample_shape)}; the samples "
+                                       f"{tuple(x.shape[1:])} (use gmm:CxHxW)")
+    exact = mixture.sample(max(len(x), 256), generator=torch.Generator().manual_seed(0))
+    D = mixture.dim
+    lp = mixture.log_prob(x) / D
+    return {"loglik_per_dim": float(lp.mean()), "loglik_per_dim_se": float(lp.std() / math.sqrt(len(lp)))
+            if len(lp) > 1 else 0.0, "loglik_per_dim_exact": float((mixture.log_prob(exact) / D).mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+def _check_reference(reference: str) -> None:
+    from .models import check_model_spec
+    if reference in ("none", "lfw"):
+        return
+    if reference.startswith("gmm"):
+        try:
+            check_model_spec(reference)
+            return
+        except ValueError as e:
+            raise EvalError("--reference", e) from None
+    raise EvalError("--reference", f"none, lfw, gmm or gmm:CxHxW; got {reference!r}")
+
+
+def evaluate(paths: list[str], reference: str = "none") -> dict:
+    """The metrics of each samples file: per-attribute mean, standard deviation and standard error."""
+    _check_reference(reference)
+    samples = {path: load_samples(path) for path in paths}
+    lfw = None
+    if reference == "lfw":
+        bad = [p for p, x in samples.items() if x.shape[1] != 1]
+        if bad:
+            raise EvalError("--reference", f"the LFW images are grayscale; {bad[0]!r} has "
+                                           f"{samples[bad[0]].shape[1]} channels")
+        lfw = LfwReference()
+    files = {}
+    for path, x in samples.items():
+        entry = {"n": len(x), "shape": list(x.shape[1:])}
+        for name, values in image_attributes(x).items():
+            n = len(values)
+            entry[name] = {"mean": float(values.mean()), "std": float(values.std()) if n > 1 else 0.0,
+                           "se": float(values.std() / math.sqrt(n)) if n > 1 else 0.0}
+        if lfw is not None:
+            entry.update(lfw.metrics(x))
+        elif reference.startswith("gmm"):
+            entry.update(gmm_loglik(x, reference))
+        files[path] = entry
+    report = {"reference": reference, "files": files}
+    if lfw is not None:
+        report["feature_net"] = {"what": "face / non-face CNN on LFW (pardiff/quality.py), 64 features, seed 0",
+                                 "held_out_accuracy": lfw.accuracy, "reference_images": len(lfw.images)}
+    return report
+
+
+def format_table(report: dict) -> str:
+    """One line per samples file: the attribute means (± standard error) and the distances."""
+    extra = [k for k in ("kid", "face_rate", "nearest_train_rms", "loglik_per_dim")
+             if any(k in e for e in report["files"].values())]
+    head = ["file", "n", *ATTRIBUTES, *extra]
+    rows = [head]
+    for path, e in report["files"].items():
+        row = [os.path.basename(path), str(e["n"])]
+        row += [f"{e[a]['mean']:.4g} ± {e[a]['se']:.2g}" for a in ATTRIBUTES]
+        row += [f"{e[k]:.4g}" for k in extra]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if "feature_net" in report:
+        lines.append(f"feature net: held-out face / non-face accuracy {report['feature_net']['held_out_accuracy']:.3f}")
+    return "\n".join(lines)

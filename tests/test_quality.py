@@ -1,0 +1,147 @@
+"""pardiff.quality and pardiff eval: metrics on hand-made images with known values, KID, the CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import pardiff
+from pardiff.quality import (EvalError, brightness, colourfulness, contrast, evaluate, image_attributes, kid,
+                             load_samples, saturated, sharpness)
+
+
+def checkerboard(n=6):
+    """A 1×1×n×n board of 0 and 1 (pixel values)."""
+    i = torch.arange(n)
+    return ((i[:, None] + i[None, :]) % 2).double()[None, None]
+
+
+def test_constant_image_has_no_contrast_or_sharpness():
+    img = torch.full((1, 1, 8, 8), 0.3, dtype=torch.float64)
+    assert brightness(img).item() == pytest.approx(0.3)
+    assert contrast(img).item() == 0
+    assert sharpness(img).item() == 0
+    assert colourfulness(img).item() == 0
+
+
+def test_checkerboard_by_hand():
+    board = checkerboard()
+    assert brightness(board).item() == pytest.approx(0.5)
+    assert contrast(board).item() == pytest.approx(0.5)          # values 0 and 1, half each
+    # Interior Laplacian: 4 neighbours of the other colour, 4(1 - c) - 4c = ±4; mean 0, variance 16.
+    assert sharpness(board).item() == pytest.approx(16.0)
+
+
+def test_sharpness_ignores_the_border():
+    # a linear ramp has zero Laplacian everywhere inside: no edge appears at the image border
+    ramp = torch.linspace(0, 1, 10, dtype=torch.float64).expand(10, 10)[None, None]
+    assert sharpness(ramp).item() == pytest.approx(0, abs=1e-12)
+
+
+def test_colourfulness_by_hand():
+    red = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    red[:, 0] = 1
+    # rg = 255, yb = 127.5, no spread: M = 0.3 √(255² + 127.5²)
+    assert colourfulness(red).item() == pytest.approx(0.3 * math.hypot(255, 127.5))
+    gray = torch.full((1, 3, 4, 4), 0.6, dtype=torch.float64)
+    assert colourfulness(gray).item() == pytest.approx(0, abs=1e-9)
+    # half red, half green pixels: rg = ±255 (σ = 255), yb = 127.5 (σ = 0); μ_rg = 0
+    rg = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    rg[0, 0, 0] = 1
+    rg[0, 1, 1] = 1
+    assert colourfulness(rg).item() == pytest.approx(255 + 0.3 * 127.5)
+
+
+def test_rgb_brightness_is_luma():
+    img = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    img[:, 1] = 1                                                  # pure green
+    assert brightness(img).item() == pytest.approx(0.587)
+
+
+def test_attributes_of_raw_samples():
+    x = torch.tensor([[[[-1.0, 1.0], [0.0, 0.5]]]]).repeat(1, 1, 2, 2)   # pixels 0, 1, 0.5, 0.75, tiled
+    a = image_attributes(x)
+    assert a["brightness"].item() == pytest.approx(0.5625)
+    assert a["saturated"].item() == pytest.approx(0.5)
+    assert saturated(torch.zeros(1, 1, 3, 3)).item() == 0
+
+
+def test_kid():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    shifted = torch.randn(400, 8, generator=g, dtype=torch.float64) + 1.0
+    same = kid(a, b)
+    assert abs(same) < 0.05                                        # unbiased: ≈ 0 for one distribution
+    assert kid(a, shifted) > 10 * max(abs(same), 1e-3)
+    # a set against itself: the within-set terms leave out i = j, the cross term keeps it, so the
+    # estimate is (2/m)(mean off-diagonal k - mean diagonal k): slightly negative, → 0 as m grows
+    k = (a @ a.T / 8 + 1) ** 3
+    m = len(a)
+    off = (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+    assert kid(a, a) == pytest.approx(float(2 / m * (off - k.diagonal().mean())))
+    with pytest.raises(ValueError):
+        kid(a[:1], b)
+
+
+def test_evaluate_npy_and_lfw_reference(tmp_path):
+    pytest.importorskip("skimage")
+    from pardiff.data import load_dataset
+    data, labels = load_dataset("lfw", 32)
+    assert data.shape == (200, 1, 32, 32) and labels[:100].all() and not labels[100:].any()
+    assert -1 <= data.min() and data.max() <= 1
+    np.save(tmp_path / "faces.npy", data[:40].numpy())
+    np.save(tmp_path / "noise.npy", torch.randn(40, 1, 32, 32, generator=torch.Generator().manual_seed(0)).numpy())
+    report = evaluate([str(tmp_path / "faces.npy"), str(tmp_path / "noise.npy")], "lfw")
+    faces, noise = report["files"][str(tmp_path / "faces.npy")], report["files"][str(tmp_path / "noise.npy")]
+    assert report["feature_net"]["held_out_accuracy"] > 0.8
+    assert faces["face_rate"] > 0.8
+    assert faces["nearest_train_rms"] < 1e-6                       # they are training images
+    assert faces["kid"] < noise["kid"]
+    assert faces["colourfulness"]["mean"] == 0
+
+
+def test_evaluate_gmm(tmp_path):
+    from pardiff.models import load_model
+    mixture = load_model("gmm:1x4x4")
+    exact = mixture.sample(64, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "exact.npy", exact.numpy())
+    np.save(tmp_path / "far.npy", (exact + 0.5).numpy())
+    report = evaluate([str(tmp_path / "exact.npy"), str(tmp_path / "far.npy")], "gmm:1x4x4")
+    e, f = report["files"][str(tmp_path / "exact.npy")], report["files"][str(tmp_path / "far.npy")]
+    assert abs(e["loglik_per_dim"] - e["loglik_per_dim_exact"]) < 4 * e["loglik_per_dim_se"] + 0.05
+    assert f["loglik_per_dim"] < e["loglik_per_dim"] - 1
+
+
+def test_load_samples_errors(tmp_path):
+    with pytest.raises(EvalError, match="SAMPLES.*npy"):
+        load_samples(str(tmp_path / "grid.png"))
+    with pytest.raises(EvalError, match="does not exist"):
+        load_samples(str(tmp_path / "missing.npy"))
+    np.save(tmp_path / "flat.npy", np.zeros((4, 16), np.float32))
+    with pytest.raises(EvalError, match="shape"):
+        load_samples(str(tmp_path / "flat.npy"))
+
+
+def test_eval_cli(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((3, 1, 8, 8), np.float32))
+    r = pardiff(None, "eval", "a.npy", "--report", "r.json", cwd=tmp_path)
+    assert "a.npy" in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["files"]["a.npy"]["contrast"]["mean"] == 0 and report["files"]["a.npy"]["n"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.npy"], "SAMPLES: 'missing.npy' does not exist"),
+    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, gmm or gmm:CxHxW"),
+    (["a.npy", "--reference", "gmm:0x4x4"], "--reference: gmm shape must be positive"),
+    (["rgb.npy", "--reference", "lfw"], "--reference: the LFW images are grayscale"),
+    (["a.npy", "--reference", "gmm"], "--reference: gmm has shape (3, 32, 32)"),
+    (["a.npy", "--report", "no/such/r.json"], "--report: the folder of 'no/such/r.json' does not exist"),
+])
+def test_eval_cli_errors(tmp_path, args, message):
+    np.save(tmp_path / "a.npy", np.zeros((3, 1, 8, 8), np.float32))
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 3, 8, 8), np.float32))
+    r = pardiff(None, "eval", *args, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
