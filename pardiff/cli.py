@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGORITHMS, RunConfig
+from .config import ALGORITHMS, ConfigError, RunConfig
 
 # Launchers tell each process its rank; used to print argument errors once, before MPI starts.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -103,6 +103,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_flags(fit)
     fit.set_defaults(algorithm="fit-iia", batch=16)        # |B|: the paper averages (7) over 16 noises
 
+    sim = sub.add_parser("simulate", help="run ALGO on virtual ranks on a modelled network, or replay a trace",
+                         description="pardiff simulate ALGO --ranks P --network NAME [--profile FILE] [run flags] | "
+                                     "pardiff simulate --replay TRACE.h5 --network NAME (docs/simulator.md)")
+    sim.add_argument("algorithm", metavar="ALGO", nargs="?", help=" | ".join(ALGORITHMS))
+    simg = sim.add_argument_group("simulator")
+    simg.add_argument("--ranks", type=int, help="P virtual ranks (execute mode)")
+    simg.add_argument("--network", default="nvlink",
+                      help="nvlink (default) | pcie | ib-hdr | eth-100g | eth-10g | FILE.json | recorded "
+                           "(with --replay: the trace's own message costs)")
+    simg.add_argument("--ranks-per-node", type=int, help="ranks sharing a node's intra-node link "
+                                                         "(default: the network's)")
+    simg.add_argument("--profile", help="compute profile: FILE.json from pardiff bench model, or a device whose "
+                                        "profiles ship with pardiff (h200) (default: each evaluation costs the "
+                                        "CPU time it takes here)")
+    simg.add_argument("--replay", metavar="TRACE", help="re-time a recorded trace instead of executing ALGO")
+    simg.add_argument("--stand-in", action="store_true",
+                      help="execute an arch: model's runs with the exact mixture in its shape and schedule, its "
+                           "evaluations priced by --profile (large networks are too slow on a CPU)")
+    _add_run_flags(sim)
+
+    bench = sub.add_parser("bench", help="measurements: bench model writes a compute profile")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
+    bmodel = bsub.add_parser("model", help="a model's evaluation time per batch size (a simulator profile)")
+    bmodel.add_argument("--model", default="gmm")
+    bmodel.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default %(default)s)")
+    bmodel.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    bmodel.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    bmodel.add_argument("--repeats", type=int, default=10)
+    bmodel.add_argument("--out", required=True, help="profile FILE.json")
+    bcomm = bsub.add_parser("comm", help="one-way message time between ranks 0 and 1 per size (run under mpiexec)")
+    bcomm.add_argument("--sizes", default="8,1024,65536,786432,8388608",
+                       help="comma-separated message sizes in bytes (default %(default)s)")
+    bcomm.add_argument("--device", default="cpu", help="cpu | cuda (GPU tensors, the path Comm takes for them)")
+    bcomm.add_argument("--repeats", type=int, default=20)
+    bcomm.add_argument("--out", help="results FILE.json")
+
     trace = sub.add_parser("trace", help="inspect a trace file")
     tsub = trace.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     summary = tsub.add_parser("summary", help="per rank and label: compute, communication, waiting, bytes")
@@ -118,7 +154,41 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("file")
 
     sub.add_parser("models", help="list the model names --model accepts")
+    _add_train_eval(sub)
     return parser
+
+
+def _add_train_eval(sub) -> None:
+    """pardiff train (pardiff/train.py) and pardiff eval (pardiff/quality.py); docs/reproduction.md."""
+    from .train import TrainConfig
+    d = TrainConfig(out="")
+    tr = sub.add_parser("train", help="train a small pixel-space DDPM (UNet2DModel) on data that ships offline",
+                        description="pardiff train --data lfw --steps 4000 --out FOLDER (needs the train extra: "
+                                    "pip install -e '.[train]')")
+    tr.add_argument("--data", default=d.data, help="lfw (200 LFW crops, faces and non-faces; default) | lfw-faces")
+    tr.add_argument("--size", type=int, default=d.size, help="image size (default %(default)s)")
+    tr.add_argument("--channels", default=d.channels, help="UNet widths per level (default %(default)s)")
+    tr.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    tr.add_argument("--batch", type=int, default=d.batch, help="batch size (default %(default)s)")
+    tr.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    tr.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (default %(default)s)")
+    tr.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the saved weights, 0 = none "
+                                                            "(default %(default)s)")
+    tr.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and data stream")
+    tr.add_argument("--device", default=d.device, help="auto | cpu | cuda")
+    tr.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (GPU)")
+    tr.add_argument("--save-dtype", default=d.save_dtype, help="dtype of the saved weights: float16 (default, half "
+                                                              "the size) | float32")
+    tr.add_argument("--out", required=True, help="FOLDER for the diffusers model (loadable with --model FOLDER)")
+    tr.add_argument("--log", help="FILE.json: loss curve, wall time, device, versions")
+
+    ev = sub.add_parser("eval", help="image statistics and distances of samples written by pardiff run --out",
+                        description="pardiff eval A.npy [B.npy ...] --reference lfw|gmm|none --report FILE.json")
+    ev.add_argument("samples", nargs="+", metavar="SAMPLES", help=".npy files from pardiff run --out")
+    ev.add_argument("--reference", default="none",
+                    help="none (default): image attributes only | lfw: also KID and face rate against the LFW "
+                         "training images | gmm or gmm:CxHxW: also the exact log-likelihood under the mixture")
+    ev.add_argument("--report", help="write the metrics to FILE.json")
 
 
 def _run(args) -> int:
@@ -134,6 +204,124 @@ def _run(args) -> int:
         sys.stderr.write(f"pardiff: error: {e}\n")
         return 3
     return run(cfg, comm, FUNCTIONS.get(cfg.algorithm))
+
+
+def _simulate(args) -> int:
+    from .sim.network import load_network
+    from .sim.profile import Profile
+    from .sim.profile import resolve as resolve_profile
+
+    def _replay_profile(device, trace_path):      # a shipped profile for the model the trace ran
+        from .trace.reader import load_trace
+        params = load_trace(trace_path).attrs.get("params", {})
+        return resolve_profile(device, params.get("model", "gmm"), params.get("dtype", "float32"))
+
+    def error(flag, message):
+        sys.stderr.write(f"pardiff: error: {flag}: {message}\n")
+        return 2
+    network = None                   # "recorded": replay keeps the trace's own message costs
+    if args.network != "recorded":
+        try:
+            network = load_network(args.network)
+        except ValueError as e:
+            return error("--network", e)
+        if args.ranks_per_node is not None and args.ranks_per_node < 1:
+            return error("--ranks-per-node", f"must be >= 1, got {args.ranks_per_node}")
+        network = network.with_ranks_per_node(args.ranks_per_node)
+    elif not args.replay:
+        return error("--network", "recorded re-uses a trace's own message costs: it needs --replay TRACE")
+    profile = None
+    if args.profile:
+        try:
+            if args.replay:
+                profile = Profile.load(args.profile) if args.profile.endswith(".json") else \
+                    _replay_profile(args.profile, args.replay)
+            else:
+                profile = resolve_profile(args.profile, args.model, args.dtype)
+        except (OSError, ValueError, TypeError) as e:
+            return error("--profile", e)
+    if args.replay:
+        if args.algorithm:
+            return error("--replay", "re-times a recorded trace: give either ALGO or --replay, not both")
+        from .sim.replay import replay
+        try:
+            return replay(args.replay, network, profile, trace_out=args.trace, report_out=args.report)
+        except (OSError, ValueError) as e:       # unreadable file, not a trace, ranks that do not match
+            return error("--replay", e)
+    if not args.algorithm:
+        return error("ALGO", "give the algorithm to simulate (or --replay TRACE)")
+    if args.ranks is None or args.ranks < 1:
+        return error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
+    cfg = RunConfig(algorithm=args.algorithm, **fields)
+    try:
+        cfg.validate(args.ranks)                 # before any virtual rank starts; --ranks is the world size
+    except ConfigError as e:
+        flag = "--ranks" if e.flag == "ranks" else e.flag
+        return error(flag, str(e).split(": ", 1)[1])
+    if profile and (profile.model != cfg.model or profile.dtype != cfg.dtype):
+        return error("--profile", f"{args.profile} was measured for --model {profile.model} --dtype {profile.dtype}, "
+                                  f"not --model {cfg.model} --dtype {cfg.dtype}")
+    if args.stand_in and (not cfg.model.startswith("arch:") or profile is None):
+        return error("--stand-in", "replaces an arch: model whose evaluations --profile prices: give both")
+    from .sim.execute import simulate
+    return simulate(cfg, args.ranks, network, profile, stand_in=args.stand_in)
+
+
+def _bench(args) -> int:
+    import platform
+    import time
+
+    if args.bench_command == "comm":
+        try:
+            sizes = [int(b) for b in args.sizes.split(",")]
+            if not sizes or min(sizes) < 1:
+                raise ValueError
+        except ValueError:
+            sys.stderr.write(f"pardiff: error: --sizes: positive byte counts like 8,1024, got {args.sizes!r}\n")
+            return 2
+        if args.device not in ("cpu", "cuda") or args.repeats < 1:
+            bad = "--device" if args.device not in ("cpu", "cuda") else "--repeats"
+            sys.stderr.write(f"pardiff: error: {bad}: cpu | cuda, and repeats >= 1\n")
+            return 2
+        from .bench import bench_comm
+        return bench_comm(sizes, args.device, args.repeats, args.out)
+
+    import torch
+
+    from .io import write_json
+    from .models import load_model
+    from .runtime import TORCH_DTYPES
+    from .sim.profile import Profile, measure
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+        if not batches or min(batches) < 1 or sorted(set(batches)) != batches:
+            raise ValueError
+    except ValueError:
+        sys.stderr.write(f"pardiff: error: --batch: increasing positive sizes like 1,2,4, got {args.batch!r}\n")
+        return 2
+    if args.dtype not in TORCH_DTYPES:
+        sys.stderr.write(f"pardiff: error: --dtype: one of {', '.join(TORCH_DTYPES)}, got {args.dtype!r}\n")
+        return 2
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if args.device == "auto" else args.device)
+    try:
+        model = load_model(args.model, device=torch.device(device), dtype=TORCH_DTYPES[args.dtype])
+    except ValueError as e:
+        sys.stderr.write(f"pardiff: error: --model: {e}\n")
+        return 2
+    if args.repeats < 1:
+        sys.stderr.write(f"pardiff: error: --repeats: must be >= 1, got {args.repeats}\n")
+        return 2
+    with torch.no_grad():
+        seconds, first, host = measure(model, batches, repeats=args.repeats)
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})"
+    profile = Profile(args.model, args.dtype, name, batches, seconds, first, host, torch=torch.__version__,
+                      threads=torch.get_num_threads(), repeats=args.repeats, date=time.strftime("%Y-%m-%d"))
+    write_json(args.out, profile.to_dict())
+    for b, s, f, h in zip(batches, seconds, first, host):
+        print(f"batch {b:4d}: {s * 1e3:9.3f} ms   first evaluation {f * 1e3:9.3f} ms   latent update {h * 1e3:7.3f} ms")
+    return 0
 
 
 def _trace(args) -> int:
@@ -162,12 +350,50 @@ def _trace(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .train import TrainConfig, TrainError, train
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
+    try:
+        log = train(TrainConfig(**fields))
+    except TrainError as e:
+        sys.stderr.write(f"pardiff: error: {e}\n")
+        return 2
+    print(f"trained {log['parameters'] / 1e6:.2f} M parameters for {args.steps} steps in {log['wall_s']:.1f} s "
+          f"on {log['device']}: final loss {log['final_loss']:.4f}; wrote {args.out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .quality import EvalError, evaluate, format_table
+    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        sys.stderr.write(f"pardiff: error: --report: the folder of {args.report!r} does not exist\n")
+        return 2
+    try:
+        report = evaluate(args.samples, args.reference)
+    except EvalError as e:
+        sys.stderr.write(f"pardiff: error: {e}\n")
+        return 2
+    if args.report:
+        from .io import write_json
+        write_json(args.report, report)
+    print(format_table(report))
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("run", "fit-iia"):
         return _run(args)
     if args.command == "trace":
         return _trace(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "models":
         from .models import model_names
         print("\n".join(model_names()))

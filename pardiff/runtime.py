@@ -105,6 +105,9 @@ def abort_on_error(comm: Comm):
     except BaseException as e:
         if isinstance(e, SystemExit) and e.code in (0, None):
             raise
+        if type(e).__name__ == "RankFailed":       # a simulated peer failed: it printed the reason
+            sys.stderr.write(f"pardiff: rank {comm.rank} of {comm.size} stopped: {e}\n")
+            raise SystemExit(1)
         sys.stderr.write(f"pardiff: rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
         try:
@@ -173,17 +176,23 @@ def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device) -> None:
     epoch0 = comm.allgather_object(time.perf_counter() if comm.rank == 0 else None)[0]
     writer = None
     if cfg.trace:
-        root = {"algorithm": cfg.algorithm, "world_size": comm.size, "params": cfg.to_dict(), "clock": "wall",
-                "backend": comm.backend, "versions": _versions(comm),
+        root = {"algorithm": cfg.algorithm, "world_size": comm.size, "params": cfg.to_dict(),
+                "clock": getattr(comm, "clock_kind", "wall"), "backend": comm.backend, "versions": _versions(comm),
                 "epoch_unix": time.time() - (time.perf_counter() - (epoch0 + offset))}
+        root.update(getattr(comm, "trace_attrs", {}))
         rank_attrs = {"host": socket.gethostname(), "device": _device_name(device), "pid": os.getpid(),
                       "clock_offset_s": offset, "clock_rtt_s": rtt}
         writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
-    comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
+    if hasattr(comm, "make_recorder"):          # the simulator's virtual clocks
+        comm.recorder = comm.make_recorder(writer, warm_batch=cfg.batch)
+    else:
+        comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
 
 
-def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
-    """Run ``algorithm(ctx)`` on every rank of ``comm``; returns the exit status."""
+def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
+    """Run ``algorithm(ctx)`` on every rank of ``comm``; returns the exit status.
+
+    ``loader(spec, device=, dtype=)`` loads the model (the simulator shares one among its ranks)."""
     error = None
     try:
         cfg.validate(comm.size)
@@ -196,7 +205,7 @@ def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
     try:
         device = select_device(cfg, comm)
         _set_threads(comm, device)
-        model = load_model(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
+        model = loader(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
         cfg.validate_with_model(model, comm.size)
         coeffs = _load_coeffs(cfg, model)
     except ConfigError as e:
@@ -214,9 +223,9 @@ def run(cfg: RunConfig, comm: Comm, algorithm) -> int:
         _start_trace(cfg, comm, device)
         ctx = Context(cfg, comm, model, device, coeffs)
         comm._barrier()            # start together, so wall time measures the algorithm alone
-        t_start = time.perf_counter()
+        t_start = comm.recorder.now()
         sample = algorithm(ctx)
-        wall_s = time.perf_counter() - t_start
+        wall_s = comm.recorder.now() - t_start
         _finish(ctx, sample, wall_s)
     return 0
 
@@ -247,7 +256,11 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
     eps = comm.recorder.totals.get(("compute", "eps"), [0, 0.0, 0, 0])
     # NFE counts model evaluations of one point (one latent batch of --batch samples), however
     # many points a call evaluates together: the NFE of the papers' tables.
-    stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, "totals": totals,
+    busy = {kind: sum(v[1] for (k, _), v in comm.recorder.totals.items() if k in kinds)
+            for kind, kinds in (("compute_s", ("compute", "host")), ("communication_s", ("send", "recv", "collective")))}
+    busy["waiting_s"] = comm.recorder.waiting
+    busy["idle_s"] = max(wall_s - busy["compute_s"] - busy["communication_s"], 0.0)
+    stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, **busy, "totals": totals,
                                    "nfe": eps[3] // cfg.batch, "model_calls": eps[0],
                                    "device": _device_name(ctx.device)})
     if comm.rank != 0:
@@ -263,4 +276,5 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
                   "nfe": sum(s["nfe"] for s in stats), "per_rank": stats, "params": cfg.to_dict(),
                   "versions": _versions(comm)}
         report.update(ctx.report)
+        report.update(getattr(comm, "trace_attrs", {}))     # the simulator's network, profile, stand-in
         write_json(cfg.report, report)

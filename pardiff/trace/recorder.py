@@ -25,6 +25,7 @@ class Recorder:
         self.clock = clock
         self.epoch = epoch            # local clock reading that is t = 0 for every rank
         self.totals = defaultdict(lambda: [0, 0.0, 0, 0])   # (kind, label) -> [count, seconds, bytes, batch]
+        self.waiting = 0.0            # seconds receives spent before their message was there
 
     def now(self) -> float:
         return self.clock() - self.epoch
@@ -35,6 +36,8 @@ class Recorder:
         total[1] += t_end - t_start
         total[2] += fields.get("nbytes", 0)
         total[3] += fields.get("batch", 0)
+        if fields.get("t_ready") is not None:
+            self.waiting += fields["t_ready"] - t_start
         if self.writer is None:
             return
         values = dict(_DEFAULTS, kind=kind, label=label, line=line, t_start=t_start, t_end=t_end)

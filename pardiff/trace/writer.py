@@ -100,3 +100,21 @@ def merge_parts(trace_path: str, world_size: int | None = None, root_attrs: dict
     os.replace(tmp, trace_path)
     shutil.rmtree(src_dir)
     return sorted(merged)
+
+
+def write_trace(trace_path: str, root_attrs: dict, events: dict, rank_attrs: dict | None = None) -> None:
+    """Write a whole trace at once (rank -> event rows, string fields as str or bytes): the
+    simulator's replay output. Same layout as a merged run."""
+    tmp = trace_path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        write_root_attrs(f, {k: v for k, v in root_attrs.items() if k not in ("format", "version")})
+        for r, ev in sorted(events.items()):
+            rows = np.zeros(len(ev), dtype=EVENT_DTYPE)
+            for name in EVENT_DTYPE.names:
+                rows[name] = np.char.encode(ev[name]) if ev.dtype[name].kind == "U" else ev[name]
+            group = f.create_group(f"ranks/{r}")
+            for key, value in (rank_attrs or {}).get(r, {}).items():
+                group.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+            group.create_dataset("events", data=rows, maxshape=(None,), chunks=(256,) if len(rows) else None,
+                                 compression="gzip", shuffle=True)
+    os.replace(tmp, trace_path)
