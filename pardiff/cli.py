@@ -351,11 +351,11 @@ def _trace(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, TrainError, train
+    from .train import TrainConfig, train
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
     try:
         log = train(TrainConfig(**fields))
-    except TrainError as e:
+    except ConfigError as e:
         sys.stderr.write(f"pardiff: error: {e}\n")
         return 2
     print(f"trained {log['parameters'] / 1e6:.2f} M parameters for {args.steps} steps in {log['wall_s']:.1f} s "

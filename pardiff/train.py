@@ -18,15 +18,8 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 
+from .config import ConfigError
 from .data import DATASETS   # torch is imported only when training: the parser imports this module
-
-
-class TrainError(ValueError):
-    """A bad flag: ``flag`` names it."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"{flag}: {message}")
-        self.flag = flag
 
 
 @dataclass
@@ -51,38 +44,38 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.data not in DATASETS:
-            raise TrainError("--data", f"one of {', '.join(DATASETS)}; got {self.data!r}")
+            raise ConfigError("--data", f"one of {', '.join(DATASETS)}; got {self.data!r}")
         try:
             channels = self.channel_list()
         except ValueError:
-            raise TrainError("--channels", f"comma-separated widths like 64,128,128; got {self.channels!r}") from None
+            raise ConfigError("--channels", f"comma-separated widths like 64,128,128; got {self.channels!r}") from None
         if not channels or min(channels) < 8 or any(c % 8 for c in channels):
-            raise TrainError("--channels", f"widths must be multiples of 8 (the group norm's groups); got {self.channels!r}")
+            raise ConfigError("--channels", f"widths must be multiples of 8 (the group norm's groups); got {self.channels!r}")
         if self.size < 8 or self.size % 2 ** (len(channels) - 1):
-            raise TrainError("--size", f"must be >= 8 and divisible by {2 ** (len(channels) - 1)} "
+            raise ConfigError("--size", f"must be >= 8 and divisible by {2 ** (len(channels) - 1)} "
                                        f"({len(channels)} resolution levels); got {self.size}")
         for flag, value in (("--steps", self.steps), ("--batch", self.batch)):
             if value < 1:
-                raise TrainError(flag, f"must be >= 1; got {value}")
+                raise ConfigError(flag, f"must be >= 1; got {value}")
         if not self.lr > 0:
-            raise TrainError("--lr", f"must be > 0; got {self.lr}")
+            raise ConfigError("--lr", f"must be > 0; got {self.lr}")
         if self.warmup < 0:
-            raise TrainError("--warmup", f"must be >= 0; got {self.warmup}")
+            raise ConfigError("--warmup", f"must be >= 0; got {self.warmup}")
         if not 0 <= self.ema < 1:
-            raise TrainError("--ema", f"EMA decay must be in [0, 1) (0: no EMA); got {self.ema}")
+            raise ConfigError("--ema", f"EMA decay must be in [0, 1) (0: no EMA); got {self.ema}")
         if self.save_dtype not in ("float32", "float16"):
-            raise TrainError("--save-dtype", f"float32 or float16; got {self.save_dtype!r}")
+            raise ConfigError("--save-dtype", f"float32 or float16; got {self.save_dtype!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise TrainError("--device", f"auto, cpu or cuda[:N]; got {self.device!r}")
+            raise ConfigError("--device", f"auto, cpu or cuda[:N]; got {self.device!r}")
         import torch
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainError("--device", "cuda was asked for but torch sees no GPU")
+            raise ConfigError("--device", "cuda was asked for but torch sees no GPU")
         if os.path.isfile(self.out):
-            raise TrainError("--out", f"{self.out!r} is a file; give a folder to write the model into")
+            raise ConfigError("--out", f"{self.out!r} is a file; give a folder to write the model into")
         if self.log and os.path.isdir(self.log):
-            raise TrainError("--log", f"{self.log!r} is a folder; give a FILE.json")
+            raise ConfigError("--log", f"{self.log!r} is a folder; give a FILE.json")
         if self.log and not os.path.isdir(os.path.dirname(os.path.abspath(self.log))):
-            raise TrainError("--log", f"the folder of {self.log!r} does not exist")
+            raise ConfigError("--log", f"the folder of {self.log!r} does not exist")
 
 
 def unet_config(size: int, channels: list[int]) -> dict:

@@ -8,7 +8,8 @@ import torch
 
 from conftest import pardiff
 from pardiff.models import load_model, model_names, trained_path
-from pardiff.train import TrainConfig, TrainError, train
+from pardiff.config import ConfigError
+from pardiff.train import TrainConfig, train
 
 TINY = dict(data="lfw", size=16, channels="16,32", steps=12, batch=8, lr=2e-3, warmup=2, device="cpu",
             save_dtype="float32")
@@ -51,7 +52,7 @@ def test_train_tiny_loads_and_is_deterministic(tmp_path):
     (dict(log="no/such/folder/log.json"), "--log"),
 ])
 def test_train_validation_names_the_flag(tmp_path, change, flag):
-    with pytest.raises(TrainError) as e:
+    with pytest.raises(ConfigError) as e:
         TrainConfig(out=str(tmp_path / "m"), **{**TINY, **change}).validate()
     assert e.value.flag == flag and str(e.value).startswith(flag)
 
