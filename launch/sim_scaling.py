@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Scaling studies made with the simulator (docs/simulator.md).
+
+1. **Networks** — SE2P (Algorithm 2, DDPM-20) and ParaSolver (DDIM-50) on 2 … 64 ranks: each
+   rank count is executed once (``pardiff simulate``, H200 profile, the church-256 UNet priced
+   and replaced by its stand-in), and its trace replayed under every network; control flow does
+   not depend on time, so a replay is exactly the run over that network.
+2. **ParaSolver's Table 5** — DDPM-1000, sequential vs ParaSolver vs ParaDiGMS on 1, 2, 4, 8
+   GPUs of one H200 node, over NVLink (NCCL figures) and over today's host-staged MPI path.
+
+Writes OUT/scaling.json, OUT/table5.md, OUT/networks.md and OUT/scaling_*.png.
+
+    python3 launch/sim_scaling.py --out traces/results/<date>_sim_scaling
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NETWORKS = ["nvlink", "h200-mpi-staged", "pcie", "ib-hdr", "eth-100g", "eth-10g"]
+MODEL = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--stand-in", "--profile", "h200", "--seed", "0",
+         "--batch", "1"]
+# study -> (flags, rank counts); SE2P on P procs evaluates at t_k + P - 1, so N = 20 allows P <= 49
+STUDIES = {
+    "se2p": (["se2p", "--steps", "20", "--gamma", "0.015", "--rho", "1.35"], [2, 4, 8, 16, 32]),
+    "parasolver-ddim50": (["parasolver", "--sampler", "ddim", "--steps", "50", "--subintervals", "25",
+                           "--precondition", "5", "--window", "25", "--tol", "0.005"], [2, 4, 8, 16, 32, 64]),
+}
+# the papers' DDPM-1000 settings (docs/algorithms/parasolver.md)
+TABLE5 = {
+    "sequential": ["sequential", "--sampler", "ddpm", "--steps", "1000"],
+    "parasolver": ["parasolver", "--sampler", "ddpm", "--steps", "1000", "--subintervals", "100",
+                   "--precondition", "10", "--window", "32", "--tol", "0.55"],
+    "paradigms": ["paradigms", "--sampler", "ddpm", "--steps", "1000", "--window", "32", "--tol", "0.5"],
+}
+PAPER_TABLE5 = {"parasolver": {1: 2.5, 2: 3.8, 4: 5.1, 8: 12.1}, "paradigms": {1: 1.4, 2: 2.1, 4: 3.3, 8: 4.6}}
+
+
+def pardiff(*args, cwd) -> dict:
+    report = Path(cwd) / f"r{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "pardiff", "simulate", *map(str, args), "--report", str(report)]
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    out = json.loads(report.read_text())
+    report.unlink()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    rows = []
+    for study, (flags, rank_counts) in STUDIES.items():
+        for P in rank_counts:
+            trace = work / f"{study}-{P}.h5"
+            ex = pardiff(*flags, *MODEL, "--ranks", P, "--network", NETWORKS[0], "--trace", trace, cwd=work)
+            for net in NETWORKS:
+                rep = ex if net == NETWORKS[0] else pardiff("--replay", trace, "--network", net, "--profile", "h200",
+                                                             cwd=work)
+                comm = max(r["communication_s"] for r in rep["per_rank"])
+                rows.append({"study": study, "ranks": P, "network": net, "wall_s": rep["wall_s"],
+                             "max_rank_communication_s": comm, "iterations": ex.get("iterations"), "nfe": ex["nfe"]})
+                print(json.dumps(rows[-1]), flush=True)
+            trace.unlink()
+    table5 = []
+    for net in ("nvlink", "h200-mpi-staged"):
+        seq = pardiff(*TABLE5["sequential"], *MODEL, "--ranks", 1, "--network", net, cwd=work)["wall_s"]
+        for alg in ("parasolver", "paradigms"):
+            for G in (1, 2, 4, 8):
+                rep = pardiff(*TABLE5[alg], *MODEL, "--ranks", G, "--network", net, cwd=work)
+                table5.append({"network": net, "algorithm": alg, "gpus": G, "wall_s": rep["wall_s"],
+                               "sequential_s": seq, "speedup": seq / rep["wall_s"], "iterations": rep["iterations"],
+                               "nfe": rep["nfe"], "paper_speedup": PAPER_TABLE5[alg][G]})
+                print(json.dumps(table5[-1]), flush=True)
+    work.rmdir() if not any(work.iterdir()) else None
+    meta = {"profile": "h200 (pardiff/sim/profiles), arch:ddpm-church-256 float16, stand-in", "date":
+            time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
+    (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5}, indent=1))
+
+    lines = ["| network | method | GPUs | predicted wall (s) | speedup | paper (RTX 3090) | iterations | NFE |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['network']} | {r['algorithm']} | {r['gpus']} | {r['wall_s']:.3f} | {r['speedup']:.2f}× "
+              f"| {r['paper_speedup']}× | {r['iterations']} | {r['nfe']} |" for r in table5]
+    (out / "table5.md").write_text("\n".join(lines) + "\n")
+    lines = ["| study | ranks | " + " | ".join(NETWORKS) + " |", "|---|---|" + "---|" * len(NETWORKS)]
+    for study in STUDIES:
+        for P in STUDIES[study][1]:
+            cells = {r["network"]: r["wall_s"] for r in rows if r["study"] == study and r["ranks"] == P}
+            lines.append(f"| {study} | {P} | " + " | ".join(f"{cells[n] * 1e3:.1f}" for n in NETWORKS) + " |")
+    (out / "networks.md").write_text("wall time (ms) predicted\n\n" + "\n".join(lines) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for study in STUDIES:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for net in NETWORKS:
+            pts = sorted((r["ranks"], r["wall_s"]) for r in rows if r["study"] == study and r["network"] == net)
+            ax.plot(*zip(*pts), marker="o", label=net)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks (GPUs)")
+        ax.set_ylabel("predicted wall time (s)")
+        ax.set_title(f"{study}, church-256 UNet fp16 on H200 (simulated)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"scaling_{study}.png", dpi=90)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for net, style in (("nvlink", "-"), ("h200-mpi-staged", "--")):
+        for alg in ("parasolver", "paradigms"):
+            pts = [(r["gpus"], r["speedup"]) for r in table5 if r["network"] == net and r["algorithm"] == alg]
+            ax.plot(*zip(*pts), style, marker="o", label=f"{alg}, {net} (simulated)")
+    for alg, marker in (("parasolver", "s"), ("paradigms", "^")):
+        ax.plot(list(PAPER_TABLE5[alg]), list(PAPER_TABLE5[alg].values()), ":", marker=marker, color="gray",
+                label=f"{alg}, paper Table 5 (RTX 3090)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("speedup over sequential DDPM-1000")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "scaling_table5.png", dpi=90)
+    print((out / "table5.md").read_text())
+    print((out / "networks.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
