@@ -206,6 +206,12 @@ def _run(args) -> int:
     return run(cfg, comm, FUNCTIONS.get(cfg.algorithm))
 
 
+def _flag_error(flag: str, message) -> int:
+    """One message naming the bad flag; the exit status of a bad command line."""
+    sys.stderr.write(f"pardiff: error: {flag}: {message}\n")
+    return 2
+
+
 def _simulate(args) -> int:
     from .sim.network import load_network
     from .sim.profile import Profile
@@ -216,20 +222,17 @@ def _simulate(args) -> int:
         params = load_trace(trace_path).attrs.get("params", {})
         return resolve_profile(device, params.get("model", "gmm"), params.get("dtype", "float32"))
 
-    def error(flag, message):
-        sys.stderr.write(f"pardiff: error: {flag}: {message}\n")
-        return 2
     network = None                   # "recorded": replay keeps the trace's own message costs
     if args.network != "recorded":
         try:
             network = load_network(args.network)
         except ValueError as e:
-            return error("--network", e)
+            return _flag_error("--network", e)
         if args.ranks_per_node is not None and args.ranks_per_node < 1:
-            return error("--ranks-per-node", f"must be >= 1, got {args.ranks_per_node}")
+            return _flag_error("--ranks-per-node", f"must be >= 1, got {args.ranks_per_node}")
         network = network.with_ranks_per_node(args.ranks_per_node)
     elif not args.replay:
-        return error("--network", "recorded re-uses a trace's own message costs: it needs --replay TRACE")
+        return _flag_error("--network", "recorded re-uses a trace's own message costs: it needs --replay TRACE")
     profile = None
     if args.profile:
         try:
@@ -239,31 +242,31 @@ def _simulate(args) -> int:
             else:
                 profile = resolve_profile(args.profile, args.model, args.dtype)
         except (OSError, ValueError, TypeError) as e:
-            return error("--profile", e)
+            return _flag_error("--profile", e)
     if args.replay:
         if args.algorithm:
-            return error("--replay", "re-times a recorded trace: give either ALGO or --replay, not both")
+            return _flag_error("--replay", "re-times a recorded trace: give either ALGO or --replay, not both")
         from .sim.replay import replay
         try:
             return replay(args.replay, network, profile, trace_out=args.trace, report_out=args.report)
         except (OSError, ValueError) as e:       # unreadable file, not a trace, ranks that do not match
-            return error("--replay", e)
+            return _flag_error("--replay", e)
     if not args.algorithm:
-        return error("ALGO", "give the algorithm to simulate (or --replay TRACE)")
+        return _flag_error("ALGO", "give the algorithm to simulate (or --replay TRACE)")
     if args.ranks is None or args.ranks < 1:
-        return error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
+        return _flag_error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
     fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
     cfg = RunConfig(algorithm=args.algorithm, **fields)
     try:
         cfg.validate(args.ranks)                 # before any virtual rank starts; --ranks is the world size
     except ConfigError as e:
         flag = "--ranks" if e.flag == "ranks" else e.flag
-        return error(flag, str(e).split(": ", 1)[1])
+        return _flag_error(flag, str(e).split(": ", 1)[1])
     if profile and (profile.model != cfg.model or profile.dtype != cfg.dtype):
-        return error("--profile", f"{args.profile} was measured for --model {profile.model} --dtype {profile.dtype}, "
+        return _flag_error("--profile", f"{args.profile} was measured for --model {profile.model} --dtype {profile.dtype}, "
                                   f"not --model {cfg.model} --dtype {cfg.dtype}")
     if args.stand_in and (not cfg.model.startswith("arch:") or profile is None):
-        return error("--stand-in", "replaces an arch: model whose evaluations --profile prices: give both")
+        return _flag_error("--stand-in", "replaces an arch: model whose evaluations --profile prices: give both")
     from .sim.execute import simulate
     return simulate(cfg, args.ranks, network, profile, stand_in=args.stand_in)
 
@@ -278,12 +281,10 @@ def _bench(args) -> int:
             if not sizes or min(sizes) < 1:
                 raise ValueError
         except ValueError:
-            sys.stderr.write(f"pardiff: error: --sizes: positive byte counts like 8,1024, got {args.sizes!r}\n")
-            return 2
+            return _flag_error("--sizes", f"positive byte counts like 8,1024, got {args.sizes!r}")
         if args.device not in ("cpu", "cuda") or args.repeats < 1:
             bad = "--device" if args.device not in ("cpu", "cuda") else "--repeats"
-            sys.stderr.write(f"pardiff: error: {bad}: cpu | cuda, and repeats >= 1\n")
-            return 2
+            return _flag_error(bad, "cpu | cuda, and repeats >= 1")
         from .bench import bench_comm
         return bench_comm(sizes, args.device, args.repeats, args.out)
 
@@ -298,21 +299,17 @@ def _bench(args) -> int:
         if not batches or min(batches) < 1 or sorted(set(batches)) != batches:
             raise ValueError
     except ValueError:
-        sys.stderr.write(f"pardiff: error: --batch: increasing positive sizes like 1,2,4, got {args.batch!r}\n")
-        return 2
+        return _flag_error("--batch", f"increasing positive sizes like 1,2,4, got {args.batch!r}")
     if args.dtype not in TORCH_DTYPES:
-        sys.stderr.write(f"pardiff: error: --dtype: one of {', '.join(TORCH_DTYPES)}, got {args.dtype!r}\n")
-        return 2
+        return _flag_error("--dtype", f"one of {', '.join(TORCH_DTYPES)}, got {args.dtype!r}")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     try:
         model = load_model(args.model, device=torch.device(device), dtype=TORCH_DTYPES[args.dtype])
     except ValueError as e:
-        sys.stderr.write(f"pardiff: error: --model: {e}\n")
-        return 2
+        return _flag_error("--model", e)
     if args.repeats < 1:
-        sys.stderr.write(f"pardiff: error: --repeats: must be >= 1, got {args.repeats}\n")
-        return 2
+        return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
     with torch.no_grad():
         seconds, first, host = measure(model, batches, repeats=args.repeats)
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})"
