@@ -12,6 +12,13 @@ pixels at or beyond the range ends (saturated). Against a reference:
   training image (memorisation shows as a small one);
 - ``gmm`` / ``gmm:CxHxW``: the exact mean log-likelihood under the mixture, beside that of
   exact samples of it.
+
+NIQE (Mittal, Soundararajan and Bovik 2013) is implemented from the paper and its reference MATLAB
+code (MSCN coefficients, GGD / AGGD moment-matching fits, 36 features over two scales, a
+multivariate-Gaussian distance), with one block per image and the "pristine" model fitted on the
+LFW images here: the published model (96×96 blocks of 125 large photographs) has no block inside a
+32×32 image, so ``niqe_lfw`` is an NSS distance to this data set, not the published NIQE scale
+(docs/reproduction.md).
 """
 from __future__ import annotations
 
@@ -210,6 +217,7 @@ class LfwReference:
             f = self.net.features(self.images).double()
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
         self.features = (f - self.mean) / self.std
+        self.niqe = niqe_model(niqe_features(to_unit(self.images)))     # the LFW images as the pristine set
 
     def metrics(self, x: torch.Tensor) -> dict:
         """KID, its spread, the face rate and the nearest-training-image distance of samples x."""
@@ -220,9 +228,117 @@ class LfwReference:
         flat = x.flatten(1).double()
         train = torch.cat([self.images, self.images.flip(-1)]).flatten(1).double()
         nearest = torch.cdist(flat, train).min(1).values / math.sqrt(flat.shape[1])
+        per_image, whole = niqe_scores(self.niqe, niqe_features(to_unit(x)))
         return {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
                 "face_rate": float(face.mean()), "nearest_train_rms": float(nearest.mean()),
-                "nearest_train_rms_min": float(nearest.min())}
+                "nearest_train_rms_min": float(nearest.min()),
+                "niqe_lfw": {"mean": float(per_image.mean()),
+                             "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
+                             "set": whole}}
+
+
+# ---------------------------------------------------------------------------------------------
+# NIQE (Mittal, Soundararajan and Bovik, "Making a 'completely blind' image quality analyzer", 2013)
+# ---------------------------------------------------------------------------------------------
+
+NIQE_GAMMAS = np.arange(0.2, 10.0005, 0.001)      # the reference code's search grid for the shape α
+NIQE_SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))   # horizontal, vertical, main and secondary diagonal
+NIQE_FEATURES = 36                                # 18 per scale, two scales
+
+
+def _gamma_ratio(alpha: np.ndarray) -> np.ndarray:
+    """Γ(2/α)² / (Γ(1/α) Γ(3/α)): E|x|² / E[x²] of a generalised Gaussian of shape α (2/π at α = 2)."""
+    from scipy.special import gammaln
+    return np.exp(2 * gammaln(2 / alpha) - gammaln(1 / alpha) - gammaln(3 / alpha))
+
+
+_RATIOS = None
+
+
+def _shape_from_ratio(r: np.ndarray) -> np.ndarray:
+    """The grid α whose ratio is nearest r (the reference code's table look-up), per row."""
+    global _RATIOS
+    if _RATIOS is None:
+        _RATIOS = _gamma_ratio(NIQE_GAMMAS)
+    return NIQE_GAMMAS[np.argmin((_RATIOS[None, :] - np.asarray(r)[:, None]) ** 2, axis=1)]
+
+
+def aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shape α and left / right scales β_l, β_r of an asymmetric generalised Gaussian
+    (density ∝ exp(−(|x|/β_side)^α) on each side), per row of x (B, n), by moment matching: the
+    reference code's estimateaggdparam (a symmetric GGD gives β_l = β_r; a Gaussian α = 2, β = σ√2)."""
+    from scipy.special import gammaln
+    x = np.asarray(x, dtype=np.float64)
+    neg, pos = x < 0, x > 0
+    left = np.sqrt((np.where(neg, x, 0) ** 2).sum(1) / np.maximum(neg.sum(1), 1))
+    right = np.sqrt((np.where(pos, x, 0) ** 2).sum(1) / np.maximum(pos.sum(1), 1))
+    g = left / np.maximum(right, 1e-300)
+    r = np.abs(x).mean(1) ** 2 / np.maximum((x ** 2).mean(1), 1e-300)
+    r_norm = r * (g ** 3 + 1) * (g + 1) / (g ** 2 + 1) ** 2
+    alpha = _shape_from_ratio(r_norm)
+    ratio = np.exp(0.5 * (gammaln(1 / alpha) - gammaln(3 / alpha)))
+    return alpha, left * ratio, right * ratio
+
+
+def _gaussian_window(size: int = 7, sigma: float = 7 / 6) -> torch.Tensor:
+    """MATLAB's fspecial('gaussian', 7, 7/6), normalised to sum 1."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def mscn(y: torch.Tensor, c: float = 1.0) -> torch.Tensor:
+    """Mean-subtracted contrast-normalised coefficients (I − μ) / (σ + C) of luma y (B, H, W) on the
+    0..255 scale; μ, σ local, with a 7×7 Gaussian window and replicated borders (imfilter 'replicate')."""
+    w = _gaussian_window().to(y.dtype)[None, None]
+    x = F.pad(y[:, None], (3, 3, 3, 3), mode="replicate")
+    mu = F.conv2d(x, w)
+    sigma = (F.conv2d(x * x, w) - mu * mu).abs().sqrt()
+    return ((y[:, None] - mu) / (sigma + c))[:, 0]
+
+
+def _scale_features(d: np.ndarray) -> np.ndarray:
+    """The 18 features of one scale (the reference code's computefeature), per image of MSCN d (B, H, W)."""
+    from scipy.special import gamma as G
+    alpha, left, right = aggd_fit(d.reshape(len(d), -1))
+    feats = [alpha, (left + right) / 2]
+    for shift in NIQE_SHIFTS:
+        pair = (d * np.roll(d, shift, axis=(1, 2))).reshape(len(d), -1)     # circshift, as the reference code
+        a, bl, br = aggd_fit(pair)
+        feats += [a, (br - bl) * G(2 / a) / G(1 / a), bl, br]             # shape, mean, left and right scale
+    return np.stack(feats, 1)
+
+
+def niqe_features(images: torch.Tensor) -> np.ndarray:
+    """(B, 36) NIQE features of images (B, C, H, W) in [0, 1], one block per image: 18 at full size,
+    18 at half size (bicubic, antialiased, as MATLAB's imresize(0.5))."""
+    y = luma(images.double()) * 255
+    out = []
+    for scale in range(2):
+        out.append(_scale_features(mscn(y).numpy()))
+        if scale == 0:
+            y = F.interpolate(y[:, None], scale_factor=0.5, mode="bicubic", align_corners=False,
+                              antialias=True)[:, 0]
+    return np.concatenate(out, 1)
+
+
+def niqe_model(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pristine multivariate Gaussian (mean, covariance) of feature rows."""
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def niqe_distance(model: tuple[np.ndarray, np.ndarray], mu: np.ndarray, cov: np.ndarray | float = 0.0) -> float:
+    """√((ν_p − ν)ᵀ ((Σ_p + Σ)/2)⁺ (ν_p − ν)): the reference code's quality (pinv of the mean covariance)."""
+    d = model[0] - mu
+    return float(np.sqrt(max(d @ np.linalg.pinv((model[1] + cov) / 2) @ d, 0.0)))
+
+
+def niqe_scores(model, features: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per image: NIQE of its one block (its own covariance is 0); for the set: NIQE of the MVG of all its
+    feature rows against the model (a distance between feature distributions)."""
+    per_image = np.array([niqe_distance(model, f) for f in features])
+    whole = niqe_distance(model, *niqe_model(features)) if len(features) > 1 else float(per_image[0])
+    return per_image, whole
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,3 +145,70 @@ def test_eval_cli_errors(tmp_path, args, message):
     np.save(tmp_path / "rgb.npy", np.zeros((3, 3, 8, 8), np.float32))
     r = pardiff(None, "eval", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# NIQE
+# ---------------------------------------------------------------------------------------------
+
+def test_gamma_ratio_known_values():
+    from pardiff.quality import _gamma_ratio
+    # α = 2 (Gaussian): (E|x|)² / E[x²] = 2/π; α = 1 (Laplace): Γ(2)² / (Γ(1) Γ(3)) = 1/2
+    assert _gamma_ratio(np.array([2.0, 1.0])) == pytest.approx([2 / math.pi, 0.5], rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.6, 1.0, 2.0, 3.0])
+def test_aggd_fit_recovers_a_symmetric_generalised_gaussian(alpha):
+    from scipy.stats import gennorm
+    from pardiff.quality import aggd_fit
+    x = gennorm.rvs(alpha, scale=0.7, size=400_000, random_state=np.random.default_rng(1))
+    a, bl, br = aggd_fit(x[None])
+    assert a[0] == pytest.approx(alpha, rel=0.03)
+    assert bl[0] == pytest.approx(0.7, rel=0.03) and br[0] == pytest.approx(0.7, rel=0.03)
+
+
+def test_aggd_fit_recovers_the_two_sides():
+    from pardiff.quality import aggd_fit
+    # an AGGD with α = 2, β_l = √2, β_r = 2√2: half-Gaussians of σ 1 and 2, the left side with mass
+    # β_l / (β_l + β_r) = 1/3 (the density is continuous at 0)
+    rng = np.random.default_rng(2)
+    z = np.abs(rng.standard_normal(600_000))
+    x = np.where(np.arange(len(z)) % 3 == 0, -1.0 * z, 2.0 * z)
+    a, bl, br = aggd_fit(x[None])
+    assert a[0] == pytest.approx(2.0, rel=0.02)
+    assert bl[0] == pytest.approx(math.sqrt(2), rel=0.01)            # β = σ√2 for α = 2
+    assert br[0] == pytest.approx(2 * math.sqrt(2), rel=0.01)
+
+
+def test_mscn_of_flat_and_affine_images():
+    from pardiff.quality import mscn
+    assert mscn(torch.full((1, 16, 16), 120.0, dtype=torch.float64)).abs().max().item() < 1e-9
+    y = torch.rand(1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
+    # a brightness offset leaves (I − μ) and σ unchanged
+    assert torch.allclose(mscn(y), mscn(y + 40), atol=1e-9)
+
+
+def test_niqe_distance_by_hand():
+    from pardiff.quality import niqe_distance
+    model = (np.zeros(2), np.diag([2.0, 8.0]))
+    # ((Σ_p + 0) / 2)⁻¹ = diag(1, 1/4): 1·1 + 2²/4 = 2
+    assert niqe_distance(model, np.array([1.0, 2.0])) == pytest.approx(math.sqrt(2))
+    assert niqe_distance(model, np.array([1.0, 2.0]), np.diag([0.0, 8.0])) == pytest.approx(math.sqrt(1 + 4 / 8))
+
+
+def test_niqe_grows_with_noise_and_blur_on_lfw():
+    from pardiff.data import load_dataset
+    from pardiff.quality import niqe_features, niqe_model, niqe_scores, to_unit
+    x, _ = load_dataset("lfw", 32)
+    f = niqe_features(to_unit(x))
+    assert f.shape == (200, 36) and np.isfinite(f).all()
+    model = niqe_model(f)
+    assert niqe_scores(model, f)[1] == pytest.approx(0, abs=1e-9)     # the pristine set against itself
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g)
+    sets = [niqe_scores(model, niqe_features(to_unit(x + s * noise))) for s in (0.02, 0.05, 0.1)]
+    per_image = [p.mean() for p, _ in sets]
+    whole = [w for _, w in sets]
+    assert per_image == sorted(per_image) and whole == sorted(whole) and whole[0] > 1
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    assert niqe_scores(model, niqe_features(to_unit(blurred)))[1] > 1
