@@ -39,6 +39,12 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
                         help="class for class-conditional models; -1 = unconditional (default)")
     common.add_argument("--device", default=d.device, help="auto | cpu | cuda (rank r takes GPU local_rank mod count)")
     common.add_argument("--dtype", default=d.dtype, help="network dtype: float32 | float16 | bfloat16")
+    common.add_argument("--cuda-graphs", default=d.cuda_graphs,
+                        help="auto (default: on for diffusers networks on a GPU) | on | off: replay the network "
+                             "from CUDA graphs captured before the run")
+    common.add_argument("--transport", default=d.transport,
+                        help="auto (default: nccl when every rank owns a GPU, else mpi) | mpi (CUDA-aware if the MPI "
+                             "says so, else pinned host staging) | nccl | gloo (torch.distributed on the MPI ranks)")
     common.add_argument("--out", help="write the samples: FILE.npy (latents) or FILE.png (image grid)")
     common.add_argument("--trace", help="record every compute and message to FILE.h5")
     common.add_argument("--report", help="write a JSON report (wall time, NFE, per-rank totals)")
@@ -75,6 +81,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                       help="message (Proc 0 sends each step's seed, default) | precomputed (App. B note 3 (ii))")
     se2p.add_argument("--return-latent", default=d.return_latent,
                       help="on-grid (Proc P-1's final latent, default) | proc0 (Proc 0's own)")
+    se2p.add_argument("--exchange", default=d.exchange,
+                      help="roundtrip (lines 9-10 as printed: x̂_pred out, the integrated latent back; default) | "
+                           "swap (both latents cross at once and both procs integrate: same samples, half the "
+                           "message latency)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,12 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
     bmodel.add_argument("--repeats", type=int, default=10)
     bmodel.add_argument("--out", required=True, help="profile FILE.json")
+    bmodel.add_argument("--cuda-graphs", default="off", help="off (default) | on: time replays of captured graphs")
     bcomm = bsub.add_parser("comm", help="one-way message time between ranks 0 and 1 per size (run under mpiexec)")
     bcomm.add_argument("--sizes", default="8,1024,65536,786432,8388608",
                        help="comma-separated message sizes in bytes (default %(default)s)")
     bcomm.add_argument("--device", default="cpu", help="cpu | cuda (GPU tensors, the path Comm takes for them)")
     bcomm.add_argument("--repeats", type=int, default=20)
     bcomm.add_argument("--out", help="results FILE.json")
+    bcomm.add_argument("--transport", default="mpi", help="mpi (default) | nccl | gloo: the path to measure")
+    bcomm.add_argument("--staging", default="pinned",
+                       help="GPU tensors over a host-only MPI: pinned (default, what runs use) | pageable")
+    btrace = bsub.add_parser("tracing", help="wall time of one run with the trace on and off (run under mpiexec)",
+                             description="pardiff bench tracing ALGO [run flags] --repeats N --results FILE.json")
+    btrace.add_argument("algorithm", metavar="ALGO", help=" | ".join(ALGORITHMS))
+    _add_run_flags(btrace)
+    btrace.add_argument("--repeats", type=int, default=5, help="runs with the trace on, and as many off")
+    btrace.add_argument("--results", required=True, help="FILE.json for the timings (FILE-trace.h5: the last trace)")
 
     trace = sub.add_parser("trace", help="inspect a trace file")
     tsub = trace.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
@@ -285,8 +305,25 @@ def _bench(args) -> int:
         if args.device not in ("cpu", "cuda") or args.repeats < 1:
             bad = "--device" if args.device not in ("cpu", "cuda") else "--repeats"
             return _flag_error(bad, "cpu | cuda, and repeats >= 1")
+        if args.transport not in ("mpi", "nccl", "gloo"):
+            return _flag_error("--transport", f"mpi | nccl | gloo, got {args.transport!r}")
+        if args.staging not in ("pinned", "pageable"):
+            return _flag_error("--staging", f"pinned | pageable, got {args.staging!r}")
+        if args.transport == "nccl" and args.device != "cuda":
+            return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
         from .bench import bench_comm
-        return bench_comm(sizes, args.device, args.repeats, args.out)
+        return bench_comm(sizes, args.device, args.repeats, args.out, args.transport, args.staging)
+    if args.bench_command == "tracing":
+        if args.repeats < 1:
+            return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
+        if not args.results.endswith(".json"):
+            return _flag_error("--results", f"must end in .json, got {args.results!r}")
+        if args.trace or args.report:
+            return _flag_error("--trace" if args.trace else "--report", "bench tracing writes its own traces and "
+                                                                        "reports next to --results")
+        fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
+        from .bench import bench_tracing
+        return bench_tracing(RunConfig(algorithm=args.algorithm, **fields), args.repeats, args.results)
 
     import torch
 
@@ -310,11 +347,18 @@ def _bench(args) -> int:
         return _flag_error("--model", e)
     if args.repeats < 1:
         return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
+    if args.cuda_graphs not in ("on", "off"):
+        return _flag_error("--cuda-graphs", f"on | off, got {args.cuda_graphs!r}")
+    if args.cuda_graphs == "on":
+        if not hasattr(model, "enable_cuda_graphs") or device == "cpu":
+            return _flag_error("--cuda-graphs", "on needs a diffusers network on a GPU")
+        model.enable_cuda_graphs()
     with torch.no_grad():
         seconds, first, host = measure(model, batches, repeats=args.repeats)
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})"
     profile = Profile(args.model, args.dtype, name, batches, seconds, first, host, torch=torch.__version__,
-                      threads=torch.get_num_threads(), repeats=args.repeats, date=time.strftime("%Y-%m-%d"))
+                      threads=torch.get_num_threads(), repeats=args.repeats, date=time.strftime("%Y-%m-%d"),
+                      cuda_graphs=args.cuda_graphs)
     write_json(args.out, profile.to_dict())
     for b, s, f, h in zip(batches, seconds, first, host):
         print(f"batch {b:4d}: {s * 1e3:9.3f} ms   first evaluation {f * 1e3:9.3f} ms   latent update {h * 1e3:7.3f} ms")

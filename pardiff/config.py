@@ -23,6 +23,9 @@ RETURN_LATENT = ("on-grid", "proc0")
 CLEAN_ESTIMATES = ("first", "last")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+CUDA_GRAPHS = ("auto", "on", "off")
+TRANSPORTS = ("auto", "mpi", "nccl", "gloo")
+EXCHANGES = ("roundtrip", "swap")
 OUT_EXTENSIONS = (".npy", ".png")
 
 
@@ -44,6 +47,8 @@ class RunConfig:
     class_label: int = -1            # -1: unconditional
     device: str = "auto"
     dtype: str = "float32"
+    cuda_graphs: str = "auto"        # replay the network from CUDA graphs: auto = on for networks on a GPU
+    transport: str = "auto"          # how tensors move: auto = nccl when every rank owns a GPU, else mpi
     out: str | None = None
     trace: str | None = None
     report: str | None = None
@@ -70,6 +75,7 @@ class RunConfig:
     mu_pred: str = "ho"
     seed_sharing: str = "message"
     return_latent: str = "on-grid"
+    exchange: str = "roundtrip"      # lines 9-10 as printed (roundtrip) or overlapped (swap): docs/algorithms/se2p.md
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +91,9 @@ class RunConfig:
         _choice("--clean-estimate", self.clean_estimate, CLEAN_ESTIMATES)
         _choice("--device", self.device, DEVICES)
         _choice("--dtype", self.dtype, DTYPES)
+        _choice("--cuda-graphs", self.cuda_graphs, CUDA_GRAPHS)
+        _choice("--transport", self.transport, TRANSPORTS)
+        _choice("--exchange", self.exchange, EXCHANGES)
         if self.steps < 1:
             raise ConfigError("--steps", f"must be at least 1, got {self.steps}")
         if self.batch < 1:

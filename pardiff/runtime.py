@@ -77,11 +77,13 @@ class Context:
         t_model = t if isinstance(t, int) and not guided else t_host
         with self.trace.span("compute", "eps", line, step=step, iter=iter, t=int(t_host.max()),
                              t_min=int(t_host.min()), batch=x.shape[0]):
-            out = self.model.eps(x, t_model, labels if labels is None else labels.to(self.device))
+            out = self.model.eps(x, t_model, labels if labels is None else labels.to(self.device, non_blocking=True))
             if guided:
                 out = out[rows:] + self.cfg.guidance * (out[:rows] - out[rows:])
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)   # so the event ends when the GPU is done
+            if x.device.type == "cuda" and self.trace.writer is not None:
+                # so the traced event ends when the GPU is done; untraced runs let the host run
+                # ahead (their report's compute times are then launch times: docs/performance.md)
+                torch.cuda.synchronize(x.device)
         return out
 
     def host(self, label: str, line: str, step: int = -1, iter: int = -1):
@@ -181,10 +183,13 @@ def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device) -> None:
                 "epoch_unix": time.time() - (time.perf_counter() - (epoch0 + offset))}
         root.update(getattr(comm, "trace_attrs", {}))
         rank_attrs = {"host": socket.gethostname(), "device": _device_name(device), "pid": os.getpid(),
-                      "clock_offset_s": offset, "clock_rtt_s": rtt}
+                      "clock_offset_s": offset, "clock_rtt_s": rtt,
+                      # the batch sizes evaluated before the clock started (replay prices the others' first use)
+                      "warm_batches": warm_batches(cfg, comm.rank, comm.size)
+                      if device.type == "cuda" or comm.backend == "virtual" else []}
         writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
     if hasattr(comm, "make_recorder"):          # the simulator's virtual clocks
-        comm.recorder = comm.make_recorder(writer, warm_batch=cfg.batch)
+        comm.recorder = comm.make_recorder(writer, warm_batches(cfg, comm.rank, comm.size), batch=cfg.batch)
     else:
         comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
 
@@ -208,18 +213,26 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
         model = loader(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
         cfg.validate_with_model(model, comm.size)
         coeffs = _load_coeffs(cfg, model)
+        _select_cuda_graphs(cfg, model, device)
+        transport = select_transport(cfg, comm, device)
     except ConfigError as e:
         error = str(e)
     except ValueError as e:         # a model that cannot be loaded
         error = f"--model: {e}"
     if agree(comm, error):
         return 2
+    if transport != "mpi":
+        error = None
+        try:
+            from .comm.torchdist import TorchDistComm
+            comm = TorchDistComm(transport, device, mpi_comm=comm._c)
+        except Exception as e:       # no route between the nodes, a port in use, NCCL refusing the GPUs
+            error = f"--transport: {transport} could not be set up: {type(e).__name__}: {e}"
+        if agree(comm, error):
+            return 2
 
     with abort_on_error(comm):
-        if device.type == "cuda":
-            # one untimed evaluation: CUDA context, cuBLAS/cuDNN handles and kernels load here, not in the run
-            model.eps(torch.zeros(cfg.batch, *model.sample_shape, device=device), model.schedule.T - 1)
-            torch.cuda.synchronize(device)
+        warm_up(cfg, comm, model, device)
         _start_trace(cfg, comm, device)
         ctx = Context(cfg, comm, model, device, coeffs)
         comm._barrier()            # start together, so wall time measures the algorithm alone
@@ -227,7 +240,76 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
         sample = algorithm(ctx)
         wall_s = comm.recorder.now() - t_start
         _finish(ctx, sample, wall_s)
+        comm.close()
     return 0
+
+
+def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
+    """--transport: mpi, or a torch.distributed backend on the MPI ranks (comm/torchdist.py).
+
+    auto is nccl when the ranks own GPUs, one each (NCCL refuses two ranks on one GPU), and
+    mpi otherwise (CUDA-aware where the MPI says so, else pinned host staging)."""
+    import torch.distributed as dist
+    want = cfg.transport
+    if comm.backend == "virtual":
+        if want not in ("auto", "mpi"):
+            raise ConfigError("--transport", "the simulator models the transport with --network")
+        return "mpi"
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    own_gpu = device.type == "cuda" and getattr(comm, "local_size", 1) <= gpus
+    if want == "auto":
+        return "nccl" if comm.size > 1 and own_gpu and dist.is_available() and dist.is_nccl_available() else "mpi"
+    if want == "nccl":
+        if device.type != "cuda":
+            raise ConfigError("--transport", "nccl moves GPU tensors: it needs --device cuda")
+        if not (dist.is_available() and dist.is_nccl_available()):
+            raise ConfigError("--transport", "this torch has no NCCL (a CPU build?)")
+        if not own_gpu:
+            raise ConfigError("--transport", f"nccl needs one GPU per rank, but {comm.local_size} ranks share "
+                                             f"this node's {gpus} GPU(s): use --transport mpi")
+    if want == "gloo" and not (dist.is_available() and dist.is_gloo_available()):
+        raise ConfigError("--transport", "this torch has no gloo backend")
+    return want
+
+
+def _select_cuda_graphs(cfg: RunConfig, model, device: torch.device) -> None:
+    """--cuda-graphs: auto replays diffusers networks on a GPU from CUDA graphs (models/graphs.py)."""
+    can = hasattr(model, "enable_cuda_graphs")
+    if cfg.cuda_graphs == "on":
+        if device.type != "cuda":
+            raise ConfigError("--cuda-graphs", "on needs a GPU (--device cuda)")
+        if not can:
+            raise ConfigError("--cuda-graphs", f"only diffusers networks are captured; {cfg.model!r} is not one")
+    if cfg.cuda_graphs == "on" or (cfg.cuda_graphs == "auto" and can and device.type == "cuda"):
+        model.enable_cuda_graphs()
+
+
+def warm_batches(cfg: RunConfig, rank: int, size: int) -> list[int]:
+    """The model batch sizes this rank will evaluate: --batch (ParaSolver's preconditioning
+    steps on rank 0), and the window's rows (they shrink at the end); guidance doubles them."""
+    sizes = [cfg.batch]
+    if cfg.algorithm in ("parasolver", "paradigms"):
+        from .algorithms.window import row_counts
+        N = cfg.steps if cfg.algorithm == "paradigms" else (cfg.subintervals or cfg.steps)
+        sizes += [rows * cfg.batch for rows in row_counts(N, cfg.window, rank, size)]
+    elif cfg.algorithm == "fit-iia":
+        from .algorithms.iia_fit import share
+        sizes = [max(len(share(cfg.batch, rank, size)), 1)]
+    factor = 2 if cfg.guidance is not None else 1
+    return sorted({b * factor for b in sizes})
+
+
+def warm_up(cfg: RunConfig, comm: Comm, model, device: torch.device) -> None:
+    """On a GPU, untimed evaluations at every batch size this rank will use: the CUDA context,
+    cuBLAS/cuDNN handles, kernel selection and CUDA graph capture happen here, not in the run."""
+    if device.type != "cuda":
+        return
+    labels = None if model.num_classes is None else -1
+    for b in warm_batches(cfg, comm.rank, comm.size):
+        x = torch.zeros(b, *model.sample_shape, device=device)
+        t = torch.full((b,), model.schedule.T - 1, dtype=torch.long)
+        model.eps(x, t, None if labels is None else torch.full((b,), labels, dtype=torch.long, device=device))
+    torch.cuda.synchronize(device)
 
 
 def _load_coeffs(cfg: RunConfig, model):
@@ -257,7 +339,7 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
     # NFE counts model evaluations of one point (one latent batch of --batch samples), however
     # many points a call evaluates together: the NFE of the papers' tables.
     busy = {kind: sum(v[1] for (k, _), v in comm.recorder.totals.items() if k in kinds)
-            for kind, kinds in (("compute_s", ("compute", "host")), ("communication_s", ("send", "recv", "collective")))}
+            for kind, kinds in (("compute_s", ("compute", "host")), ("communication_s", ("send", "recv", "collective", "wait")))}
     busy["waiting_s"] = comm.recorder.waiting
     busy["idle_s"] = max(wall_s - busy["compute_s"] - busy["communication_s"], 0.0)
     stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, **busy, "totals": totals,

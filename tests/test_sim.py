@@ -123,7 +123,7 @@ def test_hand_computed_cost_model(tmp_path):
         try:
             comm = VirtualComm(world, r)
             comm.recorder = comm.make_recorder(PartWriter(trace_path, r, {"world_size": 2, "clock": "virtual"}, {}),
-                                               warm_batch=1)
+                                               warm_batches=[1], batch=1)
             rec = comm.recorder
             buf = torch.zeros(250)                                   # 1000 bytes
             if r == 0:

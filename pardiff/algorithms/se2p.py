@@ -91,11 +91,16 @@ def se2p(ctx) -> torch.Tensor | None:
 
 
 def _predict_and_hand_over(ctx, x, v, k, t_hat, line, alg):
-    """This rank as Proc p-1: lines 5-8 (predictor), send it (line 9), take Proc p's latent (line 10)."""
+    """This rank as Proc p-1: lines 5-8 (predictor), send it (line 9), take Proc p's latent (line 10).
+
+    With ``--exchange swap`` line 10's message is Proc p's latent before line 9, sent while
+    line 9's travels, and both procs compute line 9 (docs/algorithms/se2p.md): the same
+    numbers, one message latency on the critical path instead of two."""
     cfg, comm, sched, p = ctx.cfg, ctx.comm, ctx.schedule, ctx.comm.rank
+    swap = cfg.exchange == "swap"
     if cfg.integration == "naive":
         # §4.5 ablation: integrate the latents themselves, no predictor.
-        comm.send(x, p + 1, label="latent", line=line("integrate"), step=k)
+        outgoing, label = x, "latent"
     else:
         with ctx.host("x_pred", line("x_pred"), step=k):
             a, a_prev = sched.alpha_bar(t_hat), sched.alpha_bar(t_hat - 1)
@@ -103,29 +108,44 @@ def _predict_and_hand_over(ctx, x, v, k, t_hat, line, alg):
             mu = mu_pred(sched, x0_hat, x, t_hat, cfg.mu_pred, alg)                   # line 7
             eps = ctx.noise(seeds.PREDICTOR, k, p)                                    # line 8: own noise
             x_pred = mu + cfg.rho * math.sqrt(posterior.posterior_variance(a, a_prev)) * eps
-        if cfg.integration == "predictor":
-            comm.send(x_pred, p + 1, label="x_pred", line=line("integrate"), step=k)
-        else:
+        outgoing, label = x_pred, "x_pred"
+        if cfg.integration == "predictor-tk1":
             # Fig. 27 variant: line 9 becomes x^(p) = γ x^(p-1) + (1-γ) x̂_pred; Proc p-1 holds
             # both terms, so it mixes them and sends the result.
             with ctx.host("integrate", line("integrate"), step=k):
-                mixed = cfg.gamma * x + (1 - cfg.gamma) * x_pred
-            comm.send(mixed, p + 1, label="latent", line=line("integrate"), step=k)
-    # Line 10: x^(p-1) = x^(p), sent back by Proc p.
-    return comm.recv(x, p + 1, label="latent", line=line("sync"), step=k)
+                outgoing, label = cfg.gamma * x + (1 - cfg.gamma) * x_pred, "latent"
+            if swap:                       # Proc p-1 already holds line 10's value: nothing comes back
+                comm.send(outgoing, p + 1, label=label, line=line("integrate"), step=k)
+                return outgoing
+    if not swap:
+        comm.send(outgoing, p + 1, label=label, line=line("integrate"), step=k)
+        # Line 10: x^(p-1) = x^(p), sent back by Proc p.
+        return comm.recv(x, p + 1, label="latent", line=line("sync"), step=k)
+    sending = comm.isend(outgoing, p + 1, label=label, line=line("integrate"), step=k)
+    theirs = comm.recv(ctx.empty(), p + 1, label="latent", line=line("sync"), step=k)
+    sending.wait()
+    with ctx.host("integrate", line("integrate"), step=k):                            # line 9, as Proc p does it
+        return cfg.gamma * theirs + (1 - cfg.gamma) * outgoing
 
 
 def _integrate(ctx, x, k, line):
-    """This rank as Proc p: line 9 (integrate what Proc p-1 sent), line 10 (send the result back)."""
+    """This rank as Proc p: line 9 (integrate what Proc p-1 sent), line 10 (send the result back;
+    with ``--exchange swap``, send x^(p) before line 9 instead)."""
     cfg, comm, p = ctx.cfg, ctx.comm, ctx.comm.rank
     label = "x_pred" if cfg.integration == "predictor" else "latent"
+    sending = None
+    if cfg.exchange == "swap" and cfg.integration != "predictor-tk1":
+        sending = comm.isend(x, p - 1, label="latent", line=line("sync"), step=k)
     received = comm.recv(ctx.empty(), p - 1, label=label, line=line("integrate"), step=k)
     if cfg.integration == "predictor-tk1":
         x = received                                             # already γ x^(p-1) + (1-γ) x̂_pred
     else:
+        if sending is not None:
+            sending.wait()
         with ctx.host("integrate", line("integrate"), step=k):
             x = cfg.gamma * x + (1 - cfg.gamma) * received
-    comm.send(x, p - 1, label="latent", line=line("sync"), step=k)
+    if cfg.exchange == "roundtrip":
+        comm.send(x, p - 1, label="latent", line=line("sync"), step=k)
     return x
 
 

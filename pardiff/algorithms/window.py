@@ -32,6 +32,19 @@ BRIDGE = 3          # seeds stream for initialised points: (iteration + 1, point
 BLOCKS_PER_RANK = 4
 
 
+def row_counts(N: int, window: int, rank: int, size: int) -> list[int]:
+    """The distinct numbers of subproblem starts ``rank`` evaluates together in one iteration,
+    over every window [n, n + min(window, N − n)) the solvers can visit (what the runtime's
+    warm-up evaluates: runtime.warm_batches)."""
+    p_max = min(window, N)
+    block = math.ceil(p_max / (BLOCKS_PER_RANK * size))
+    counts = set()
+    for n in range(N):
+        p = min(p_max, N - n)
+        counts.add(sum(1 for i in range(n, n + p) if (i // block) % size == rank))
+    return sorted(counts - {0})
+
+
 class Window:
     """This rank's points and the distributed steps of one iteration."""
 

@@ -2,13 +2,14 @@
 
 Algorithms call ``send`` / ``recv`` / ``allreduce`` / ``bcast`` / ``barrier`` with
 the label of what moves and the pseudocode line that moves it; every call becomes
-a trace event. Backends (MPI today; the simulator's virtual one later) supply only
-the raw byte transport (the ``_``-prefixed methods).
+a trace event. Backends (mpi.py, torchdist.py, the simulator's virtual.py) supply
+the raw transport (the ``_``-prefixed methods).
 
 Tensors travel as raw bytes: a contiguous CPU tensor is handed to the transport
 zero-copy through a numpy ``uint8`` view (bf16 included, which numpy cannot
-represent); a GPU tensor is staged through host memory. The event's ``path``
-field says which (``host`` or ``staged``).
+represent); a GPU tensor goes to a CUDA-aware MPI as is, or through a pinned host
+buffer (comm/staging.py); the torch.distributed backend (comm/torchdist.py) moves
+GPU tensors over NCCL. The event's ``path`` field says which.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ..trace.recorder import Recorder
+from .staging import PinnedPool, from_pinned, to_pinned
 
 # One MPI tag per kind of payload, so messages of different kinds never match each other.
 TAGS = {"latent": 10, "x_pred": 11, "seed": 12, "drift": 13, "points": 14, "residual": 15, "eps": 16}
@@ -36,17 +38,47 @@ def byte_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
+def device_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous GPU tensor: a buffer a CUDA-aware MPI takes as is
+    (mpi4py reads its ``__cuda_array_interface__``)."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+class PendingSend:
+    """A send in flight (``Comm.isend``); ``wait()`` completes it, traced as a ``wait`` event."""
+
+    def __init__(self, recorder, label, line, fields, finish):
+        self._recorder, self._label, self._line = recorder, label, line
+        self._fields, self._finish = fields, finish
+        self.done = False
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        t_start = self._recorder.now()
+        self._finish()
+        self.done = True
+        self._recorder.record("wait", self._label, self._line, t_start, self._recorder.now(), **self._fields)
+
+
 class Comm:
     backend = "base"
+    cuda_aware = False      # the transport reads and writes GPU memory itself
+    staging = "pinned"      # how GPU tensors cross a host-only transport: pinned | pageable
 
     def __init__(self, rank: int, size: int, recorder: Recorder | None = None):
         self.rank = rank
         self.size = size
         self.recorder = recorder or Recorder(rank)
         self._seq = defaultdict(int)      # (direction, peer, tag) -> messages so far
+        self.pinned = PinnedPool()
 
     # --- raw transport, provided by backends (untraced) -----------------------------
     def _send_bytes(self, buf: np.ndarray, dest: int, tag: int) -> None:
+        raise NotImplementedError
+
+    def _isend_bytes(self, buf: np.ndarray, dest: int, tag: int):
+        """Start a send; returns a request with ``wait()``."""
         raise NotImplementedError
 
     def _probe(self, source: int, tag: int) -> None:
@@ -72,6 +104,9 @@ class Comm:
     def abort(self, code: int = 1) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the transport set up (a torch.distributed process group)."""
+
     # --- traced API ----------------------------------------------------------------
     def _next_seq(self, direction: str, peer: int, tag: int) -> int:
         key = (direction, peer, tag)
@@ -80,35 +115,96 @@ class Comm:
 
     def send(self, tensor: torch.Tensor, dest: int, *, label: str, line: str, step: int = -1, iter: int = -1):
         """Send ``tensor`` to rank ``dest``; returns when the buffer may be reused."""
+        self._send(tensor, dest, label, line, step, iter, blocking=True)
+
+    def isend(self, tensor: torch.Tensor, dest: int, *, label: str, line: str, step: int = -1,
+              iter: int = -1) -> PendingSend:
+        """Start sending ``tensor`` to rank ``dest``; call ``.wait()`` on the result before
+        reusing ``tensor``. Traced as a ``send`` event for the post and a ``wait`` event (same
+        peer, tag and seq) for the completion: what happens between them overlaps the message."""
+        return self._send(tensor, dest, label, line, step, iter, blocking=False)
+
+    def _send(self, tensor, dest, label, line, step, iter, blocking: bool) -> PendingSend | None:
         tag = tag_for(label)
         t_start = self.recorder.now()
-        if tensor.device.type == "cpu":
-            host, path = tensor.contiguous(), "host"
-        else:
-            host, path = tensor.to("cpu"), "staged"
-        buf = byte_view(host)
-        self._send_bytes(buf, dest, tag)
-        self.recorder.record("send", label, line, t_start, self.recorder.now(), step=step, iter=iter,
-                             peer=dest, tag=tag, seq=self._next_seq("send", dest, tag),
-                             nbytes=buf.nbytes, path=path)
+        path, nbytes, finish = self._post_send(tensor, dest, tag, blocking)
+        fields = dict(step=step, iter=iter, peer=dest, tag=tag, seq=self._next_seq("send", dest, tag),
+                      nbytes=nbytes, path=path)
+        self.recorder.record("send", label, line, t_start, self.recorder.now(), **fields)
+        return None if blocking else PendingSend(self.recorder, label, line, fields, finish)
 
     def recv(self, out: torch.Tensor, source: int, *, label: str, line: str, step: int = -1,
              iter: int = -1) -> torch.Tensor:
         """Receive from rank ``source`` into ``out`` (shape and dtype must match the send); returns ``out``."""
+        if not out.is_contiguous():
+            raise ValueError("Comm needs contiguous tensors (call .contiguous() first)")
         tag = tag_for(label)
         t_start = self.recorder.now()
-        host = out if out.device.type == "cpu" else torch.empty(out.shape, dtype=out.dtype)
-        path = "host" if host is out else "staged"
-        buf = byte_view(host)
+        path, nbytes, t_ready = self._recv_into(out, source, tag)
+        self.recorder.record("recv", label, line, t_start, self.recorder.now(), t_ready=t_ready, step=step,
+                             iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
+                             nbytes=nbytes, path=path)
+        return out
+
+    # --- how a tensor moves (the ``path`` of its trace event) ---------------------------
+    # host:       a CPU tensor, handed to the transport zero-copy
+    # pinned:     a GPU tensor through a pinned host buffer (asynchronous copy on receipt)
+    # staged:     a GPU tensor through a pageable host copy (--staging pageable; older traces)
+    # cuda-aware: a GPU pointer handed to an MPI that reads GPU memory
+    # nccl, gloo: torch.distributed on the same ranks (comm/torchdist.py)
+    def _post_send(self, tensor: torch.Tensor, dest: int, tag: int, blocking: bool):
+        """Send (``blocking``: done on return) or start sending ``tensor``; returns (path, bytes,
+        finish), where ``finish()`` returns when a started send has completed and its buffer may
+        be reused."""
+        release = None
+        if tensor.device.type == "cpu":
+            buf, path = byte_view(tensor.contiguous()), "host"
+        elif self.cuda_aware:
+            torch.cuda.current_stream(tensor.device).synchronize()      # MPI does not see CUDA streams
+            buf, path = device_bytes(tensor.contiguous()), "cuda-aware"
+        elif self.staging == "pageable":
+            buf, path = byte_view(tensor.to("cpu")), "staged"
+        else:
+            pinned, _ = to_pinned(self.pinned, tensor.contiguous())
+            buf, path = pinned.numpy(), "pinned"
+            release = lambda: self.pinned.release(pinned)  # noqa: E731
+        request = None
+        if blocking:
+            self._send_bytes(buf, dest, tag)
+        else:
+            request = self._isend_bytes(buf, dest, tag)
+
+        def finish():
+            if request is not None:
+                request.wait()
+            if release is not None:
+                release()
+        if blocking:
+            finish()
+        return path, buf.nbytes, finish
+
+    def _recv_into(self, out: torch.Tensor, source: int, tag: int):
+        """Receive into ``out``; returns (path, bytes, time the message was there to take)."""
+        staged = None
+        if out.device.type == "cpu":
+            buf, path = byte_view(out), "host"
+        elif self.cuda_aware:
+            torch.cuda.current_stream(out.device).synchronize()         # no kernel still using out
+            buf, path = device_bytes(out), "cuda-aware"
+        elif self.staging == "pageable":
+            staged = torch.empty(out.shape, dtype=out.dtype)
+            buf, path = byte_view(staged), "staged"
+        else:
+            staged = self.pinned.acquire(out.numel() * out.element_size())
+            buf, path = staged.numpy(), "pinned"
         self._probe(source, tag)
         t_ready = self.recorder.now()
         self._recv_bytes(buf, source, tag)
-        if host is not out:
-            out.copy_(host)
-        self.recorder.record("recv", label, line, t_start, self.recorder.now(), t_ready=t_ready, step=step,
-                             iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
-                             nbytes=buf.nbytes, path=path)
-        return out
+        if path == "staged":
+            out.copy_(staged)
+        elif path == "pinned":
+            from_pinned(self.pinned, staged, out)
+        return path, buf.nbytes, t_ready
 
     def allreduce(self, tensor: torch.Tensor, op: str = "sum", *, label: str, line: str, step: int = -1,
                   iter: int = -1) -> torch.Tensor:

@@ -31,6 +31,28 @@ def check_launcher(world_size: int, library_version: str, environ=os.environ) ->
                 f"mpi4py), or rebuild mpi4py against the site MPI (docs/hpc.md).")
 
 
+def cuda_aware(MPI, environ=os.environ) -> bool:
+    """Whether this MPI reads and writes GPU memory: PARDIFF_CUDA_AWARE_MPI=1/0 if set (for
+    MPIs that do not report it, e.g. Cray MPICH with MPICH_GPU_SUPPORT_ENABLED=1), else what
+    mpi4py reports (MPIX_Query_cuda_support, Open MPI and MPICH 4), else no."""
+    value = environ.get("PARDIFF_CUDA_AWARE_MPI", "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    query = getattr(MPI, "Query_cuda_support", None)
+    try:
+        return bool(query()) if query else False
+    except Exception:       # the extension is declared but not built into this MPI
+        return False
+
+
+class _Request:
+    def __init__(self, request):
+        self._request = request
+
+    def wait(self):
+        self._request.Wait()
+
+
 class MPIComm(Comm):
     backend = "mpi"
 
@@ -44,9 +66,13 @@ class MPIComm(Comm):
         local = self._c.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
+        self.cuda_aware = cuda_aware(MPI)
 
     def _send_bytes(self, buf, dest, tag):
         self._c.Send([buf, self._MPI.BYTE], dest=dest, tag=tag)
+
+    def _isend_bytes(self, buf, dest, tag):
+        return _Request(self._c.Isend([buf, self._MPI.BYTE], dest=dest, tag=tag))
 
     def _probe(self, source, tag):
         self._c.Probe(source=source, tag=tag)

@@ -68,11 +68,11 @@ class VirtualClock:
 class VirtualRecorder(Recorder):
     """A Recorder whose spans advance the rank's virtual clock by modelled costs."""
 
-    def __init__(self, rank, writer, clock: VirtualClock, profile, warm_batch: int):
+    def __init__(self, rank, writer, clock: VirtualClock, profile, warm_batches, batch: int):
         super().__init__(rank, writer, clock=clock, epoch=0.0)
         self.vclock, self.profile = clock, profile
-        self.seen_batches = {warm_batch}      # the run's untimed warm-up evaluation (runtime.run)
-        self.batch = warm_batch               # --batch: what a host span's latent update is priced at
+        self.seen_batches = set(warm_batches)  # the run's untimed warm-up evaluations (runtime.warm_up)
+        self.batch = batch                     # --batch: what a host span's latent update is priced at
 
     @contextmanager
     def span(self, kind: str, label: str, line: str, **fields):
@@ -89,6 +89,14 @@ class VirtualRecorder(Recorder):
         self.record(kind, label, line, t_start, self.now(), **fields)
 
 
+class _Arrival:
+    def __init__(self, clock: VirtualClock, arrival: float):
+        self.clock, self.arrival = clock, arrival
+
+    def wait(self):
+        self.clock.t = max(self.clock.t, self.arrival)
+
+
 class VirtualComm(Comm):
     backend = "virtual"
     clock_kind = "virtual"
@@ -102,8 +110,8 @@ class VirtualComm(Comm):
         self.local_size = min(k, world.size - rank // k * k)
         self._collectives = 0
 
-    def make_recorder(self, writer, warm_batch: int) -> Recorder:
-        return VirtualRecorder(self.rank, writer, self.clock, self.world.profile, warm_batch)
+    def make_recorder(self, writer, warm_batches, batch: int) -> Recorder:
+        return VirtualRecorder(self.rank, writer, self.clock, self.world.profile, warm_batches, batch)
 
     def measure_clock_offset(self, clock, rounds: int = 8):
         return 0.0, 0.0                      # one clock per rank, all starting at 0
@@ -115,6 +123,16 @@ class VirtualComm(Comm):
         with w.lock:
             w.mail[(self.rank, dest, tag)].append((buf.tobytes(), self.clock.t))
             w.wakeup[dest].notify_all()
+
+    def _isend_bytes(self, buf: np.ndarray, dest: int, tag: int):
+        """The message leaves now and arrives α + n/β later; the sender is free meanwhile
+        (the NIC moves it) and its wait() ends at the arrival."""
+        w = self.world
+        arrival = self.clock.t + w.network.message(self.rank, dest, buf.nbytes)
+        with w.lock:
+            w.mail[(self.rank, dest, tag)].append((buf.tobytes(), arrival))
+            w.wakeup[dest].notify_all()
+        return _Arrival(self.clock, arrival)
 
     def _probe(self, source: int, tag: int) -> None:
         w = self.world

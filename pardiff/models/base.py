@@ -39,4 +39,5 @@ class EpsModel:
         float64 for fractional ones (IIA's fine-grained steps, EDM's σ grid)."""
         t = torch.as_tensor(t)
         dtype = torch.float64 if t.is_floating_point() else torch.long
-        return t.to(device=self.device, dtype=dtype).reshape(-1).expand(batch)
+        # non_blocking: a blocking copy to the GPU would wait for every queued kernel (a host sync per call)
+        return t.to(dtype=dtype).to(device=self.device, non_blocking=True).reshape(-1).expand(batch)

@@ -21,6 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 from ..schedules import Schedule
 from .base import EpsModel
+from .graphs import CudaGraphs
 
 # ---------------------------------------------------------------------------------------------
 # Architecture configs: the keys of the published config files that define the network or the
@@ -208,6 +209,8 @@ class DiffusersModel(EpsModel):
             text = torch.randn(1, TEXT_EMBEDDING_LENGTH, config.cross_attention_dim, generator=g)
             self.encoder_hidden_states = text.to(device=self.device, dtype=dtype)
 
+        self.graphs = None              # CudaGraphs once enable_cuda_graphs() was called
+
         # The VAE runs once per image, in float32 (as loaded): SD's VAE overflows in float16.
         self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
 
@@ -219,13 +222,9 @@ class DiffusersModel(EpsModel):
         net_t = timesteps.clamp(min=0).float() if timesteps.is_floating_point() else timesteps
         with torch.inference_mode():
             sample = x.to(device=self.device, dtype=self.dtype)
-            if self.encoder_hidden_states is not None:
-                text = self.encoder_hidden_states.expand(B, -1, -1)
-                out = self.module(sample, net_t, encoder_hidden_states=text).sample
-            elif self.num_classes is not None:
-                out = self.module(sample, timestep=net_t, class_labels=self._labels(class_labels, B)).sample
-            else:
-                out = self.module(sample, net_t).sample
+            labels = self._labels(class_labels, B) if self.num_classes is not None else None
+            forward = self._network if self.graphs is None else self.graphs
+            out = forward(sample, net_t, labels)
         # The first C channels are the prediction; the rest (if any) a learned variance.
         # copy=True outside inference mode: callers get an ordinary tensor they may update in place.
         out = out[:, :C].to(device=x.device, dtype=x.dtype, copy=True)
@@ -236,6 +235,21 @@ class DiffusersModel(EpsModel):
         if self.prediction_type == "v_prediction":   # v = √ᾱ ε − √(1−ᾱ) x0 and x = √ᾱ x0 + √(1−ᾱ) ε
             return sqrt_a * out + sqrt_1ma * x
         return (x - sqrt_a * out) / sqrt_1ma          # out is x0
+
+    def _network(self, sample, net_t, labels):
+        """One forward pass: the model output for (sample, timesteps, class labels or None)."""
+        if self.encoder_hidden_states is not None:
+            text = self.encoder_hidden_states.expand(sample.shape[0], -1, -1)
+            return self.module(sample, net_t, encoder_hidden_states=text).sample
+        if labels is not None:
+            return self.module(sample, timestep=net_t, class_labels=labels).sample
+        return self.module(sample, net_t).sample
+
+    def enable_cuda_graphs(self) -> None:
+        """Replay the forward pass from CUDA graphs, one captured per input shape (models/graphs.py)."""
+        if self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a GPU, not {self.device}")
+        self.graphs = CudaGraphs(self._network, self.device)
 
     def _labels(self, class_labels, batch: int) -> torch.Tensor:
         """(B,) labels for DiT: -1 (unconditional) and None become the null class, num_classes."""

@@ -62,7 +62,16 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
     n_coll = {r: 0 for r in old}               # collectives each rank has passed
     clock = {r: 0.0 for r in old}
     params = trace.attrs.get("params") if isinstance(trace.attrs.get("params"), dict) else {}
-    seen = {r: {int(params.get("batch", 1))} for r in old}    # batch sizes each rank has evaluated
+    # batch sizes each rank evaluated before its clock started (older traces: --batch alone)
+    seen = {}
+    for r in old:
+        warm = [int(b) for b in np.atleast_1d(trace.rank_attrs.get(r, {}).get("warm_batches", []))]
+        seen[r] = set(warm or [int(params.get("batch", 1))])
+    # a non-blocking send (Comm.isend) is a send row and, later, a wait row with its peer, tag and seq
+    send_row = {(r, int(e["peer"]), int(e["tag"]), int(e["seq"])): i for r, ev in old.items()
+                for i, e in enumerate(ev) if e["kind"] == "send"}
+    waited = {r: {send_row[(r, int(e["peer"]), int(e["tag"]), int(e["seq"]))] for e in ev if e["kind"] == "wait"}
+              for r, ev in old.items()}
     prev_end = {r: 0.0 for r in old}           # recorded end of the rank's previous event
     pos = {r: 0 for r in old}
     left = sum(len(ev) for ev in old.values())
@@ -93,10 +102,15 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                         done[k] = max(entries[k].values())
                     end = done[k] + _collective_cost(rows, r, size, network)
                     n_coll[r] += 1
+                elif kind == "wait":
+                    sent = (r, send_row[(r, int(row["peer"]), int(row["tag"]), int(row["seq"]))])
+                    end = max(start, arrival[sent]) if network else start + float(row["t_end"] - row["t_start"])
                 elif kind == "send":
                     if network:
                         end = start + network.message(r, int(row["peer"]), int(row["nbytes"]))
                         arrival[(r, i)] = end
+                        if i in waited[r]:
+                            end = start                    # posted: the sender goes on, its wait row waits
                     else:
                         end = start + float(row["t_end"] - row["t_start"])
                         recv = recv_of.get((r, i))

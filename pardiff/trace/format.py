@@ -11,10 +11,10 @@ import numpy as np
 FORMAT = "pardiff-trace"
 VERSION = 1
 
-KINDS = ("compute", "host", "send", "recv", "collective")
+KINDS = ("compute", "host", "send", "recv", "collective", "wait")
 
 EVENT_DTYPE = np.dtype([
-    ("kind", "S12"),      # compute | host | send | recv | collective
+    ("kind", "S12"),      # compute | host | send | recv | collective | wait (a non-blocking send's completion)
     ("label", "S24"),     # what ran or moved: eps, x_pred, latent, seed, drift, ...
     ("line", "S24"),      # pseudocode line, e.g. SE2P-A1:9
     ("step", "<i4"),      # outer loop index k, or -1

@@ -13,7 +13,7 @@ import numpy as np
 
 from .reader import Trace
 
-COMM_KINDS = ("send", "recv", "collective")
+COMM_KINDS = ("send", "recv", "collective", "wait")
 PATH_KINDS = ("compute", "host", "comm", "wait")   # how the critical path's seconds are split
 TIE_S = 1e-9   # chains this close are equally long (float sums of the same span differ in the last bits)
 

@@ -1,0 +1,54 @@
+"""GPU paths: CUDA graphs and pinned staging. Skipped without a GPU; run on the GPU machine with
+``python -m pytest tests/test_gpu.py`` (results of the last run: docs/performance.md)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import pardiff
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("arch,dtype,batches", [
+    ("ddpm-church-256", torch.float16, [1, 3]),
+    ("ddpm-church-256", torch.float32, [2]),
+    ("dit-xl-2-256", torch.float16, [2]),
+])
+def test_cuda_graph_replay_equals_eager(arch, dtype, batches):
+    from pardiff.models.hub import load_arch
+    model = load_arch(arch, device="cuda", dtype=dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    cases = []
+    for b in batches:
+        x = torch.randn(b, *model.sample_shape, device="cuda", generator=g)
+        t = torch.randint(0, 1000, (b,))
+        labels = torch.arange(b, device="cuda") if model.num_classes else None
+        cases.append((x, t, labels, model.eps(x, t, labels)))
+    model.enable_cuda_graphs()
+    for _ in range(2):                       # the capture, then a plain replay
+        for x, t, labels, eager in cases:
+            replay = model.eps(x, t, labels)
+            assert replay.shape == eager.shape and replay.data_ptr() != eager.data_ptr()
+            assert torch.equal(replay, eager), (arch, dtype, x.shape[0], (replay - eager).abs().max().item())
+    assert model.graphs.captures == len(batches)
+
+
+def test_graphs_do_not_change_a_sequential_sample(tmp_path):
+    for mode in ("off", "on"):
+        pardiff(None, "run", "sequential", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--sampler",
+                "ddim", "--steps", 5, "--device", "cuda", "--cuda-graphs", mode, "--out", f"{mode}.npy", cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "off.npy"), np.load(tmp_path / "on.npy"))
+
+
+def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
+    """Two MPI ranks on one GPU (no NCCL: it refuses two ranks on one GPU) move latents through
+    pinned host buffers; the sample is the simulator's (same GPU arithmetic, bytes copied)."""
+    args = ["se2p", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--steps", 10, "--device", "cuda"]
+    pardiff(2, "run", *args, "--out", "real.npy", "--trace", "real.h5", cwd=tmp_path)
+    pardiff(None, "simulate", *args, "--ranks", 2, "--out", "sim.npy", cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "real.npy"), np.load(tmp_path / "sim.npy"))
+    from pardiff.trace.reader import load_trace
+    trace = load_trace(tmp_path / "real.h5")
+    latents = [e for r in trace.ranks for e in trace.events[r] if e["label"] in ("x_pred", "latent")]
+    assert latents and {str(e["path"]) for e in latents} == {"pinned"}
+    assert trace.attrs["backend"] == "mpi"

@@ -1,0 +1,188 @@
+"""Transports and overlap: torch.distributed (gloo here; NCCL on GPUs), non-blocking sends,
+SE2P's swapped exchange, the GPU warm-up's batch sizes. Multi-rank tests run under mpiexec."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from conftest import pardiff
+from pardiff.algorithms.window import row_counts
+from pardiff.comm.mpi import MPIComm, cuda_aware
+from pardiff.comm.torchdist import TorchDistComm
+from pardiff.config import RunConfig
+from pardiff.runtime import warm_batches
+from pardiff.sim.execute import simulate
+from pardiff.sim.network import Link, Network
+from pardiff.sim.profile import Profile
+from pardiff.trace.reader import load_trace
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
+
+
+def exchange_with_isend(comm, mine: torch.Tensor) -> torch.Tensor:
+    """Every rank sends to its right neighbour and receives from its left one at the same time.
+    With blocking sends of a large message this deadlocks (each Send waits for its receive)."""
+    right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+    sending = comm.isend(mine, right, label="latent", line="TEST:1")
+    theirs = comm.recv(torch.empty_like(mine), left, label="latent", line="TEST:2")
+    sending.wait()
+    return theirs
+
+
+@pytest.mark.parallel([2, 3])
+def test_isend_exchange_of_large_messages_mpi():
+    comm = MPIComm()
+    assert comm.size == MPI.COMM_WORLD.size and comm.size >= 2
+    mine = torch.full((2, 1024, 1024), float(comm.rank))           # 8 MiB: past any eager limit
+    theirs = exchange_with_isend(comm, mine)
+    assert torch.equal(theirs, torch.full_like(mine, float((comm.rank - 1) % comm.size)))
+    assert comm.recorder.count("send", "latent") == comm.recorder.count("recv", "latent") == 1
+
+
+@pytest.mark.parallel([2, 3])
+def test_torch_distributed_gloo_every_dtype_and_isend():
+    comm = TorchDistComm("gloo")
+    try:
+        assert comm.size == MPI.COMM_WORLD.size and comm.size >= 2 and comm.backend == "gloo"
+        right, left = (comm.rank + 1) % comm.size, (comm.rank - 1) % comm.size
+        for dtype in DTYPES:
+            x = (torch.arange(60).reshape(3, 4, 5) + 100 * comm.rank).to(dtype)
+            theirs = exchange_with_isend(comm, x)
+            assert theirs.dtype == dtype and torch.equal(theirs, (torch.arange(60).reshape(3, 4, 5) + 100 * left).to(dtype))
+        big = exchange_with_isend(comm, torch.full((2, 1024, 1024), float(comm.rank)))
+        assert torch.equal(big, torch.full((2, 1024, 1024), float(left)))
+        # blocking send / recv, and the MPI side (collectives) of the same Comm
+        if comm.rank == 0:
+            comm.send(torch.tensor([7, 8]), 1, label="seed", line="TEST:3")
+        elif comm.rank == 1:
+            assert comm.recv(torch.zeros(2, dtype=torch.int64), 0, label="seed", line="TEST:3").tolist() == [7, 8]
+        f = comm.allreduce(torch.tensor([comm.rank + 5]), "min", label="residual", line="TEST:4")
+        assert int(f[0]) == 5
+        assert comm.recorder.count("send") == len(DTYPES) + 1 + (comm.rank == 0)
+        del right
+    finally:
+        comm.close()
+
+
+def test_cuda_aware_detection():
+    class Reports:
+        @staticmethod
+        def Query_cuda_support():
+            return 1
+
+    class Silent:
+        pass
+    assert cuda_aware(Reports, environ={}) is True
+    assert cuda_aware(Silent, environ={}) is False
+    assert cuda_aware(Reports, environ={"PARDIFF_CUDA_AWARE_MPI": "0"}) is False
+    assert cuda_aware(Silent, environ={"PARDIFF_CUDA_AWARE_MPI": "1"}) is True
+
+
+# --- the algorithms over gloo and with the swapped exchange: same samples ----------------------
+
+@pytest.mark.parametrize("algo,ranks,args", [
+    ("se2p", 3, ["--steps", 10]),
+    ("parasolver", 3, ["--steps", 20, "--sampler", "ddim", "--subintervals", 10, "--window", 6]),
+    ("paradigms", 2, ["--steps", 20, "--sampler", "dpmsolver", "--window", 8]),
+])
+def test_gloo_transport_gives_the_mpi_samples(tmp_path, algo, ranks, args):
+    for transport in ("mpi", "gloo"):
+        pardiff(ranks, "run", algo, *args, "--transport", transport, "--out", f"{transport}.npy",
+                "--trace", f"{transport}.h5", cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "mpi.npy"), np.load(tmp_path / "gloo.npy"))
+    trace = load_trace(tmp_path / "gloo.h5")
+    assert trace.attrs["backend"] == "gloo" and trace.attrs["params"]["transport"] == "gloo"
+    paths = {str(p) for r in trace.ranks for p in trace.events[r]["path"] if p}
+    assert "gloo" in paths and paths <= {"gloo", "host"}           # host: collectives stay on MPI
+
+
+def _sim(tmp_path, name, ranks, network=None, profile=None, **cfg):
+    network = network or Network("test", Link(1e-3, 1e9), Link(1e-3, 1e9), 64)
+    cfg = RunConfig(trace=str(tmp_path / f"{name}.h5"), out=str(tmp_path / f"{name}.npy"),
+                    report=str(tmp_path / f"{name}.json"), **cfg)
+    assert simulate(cfg, ranks, network, profile) == 0
+    return (np.load(tmp_path / f"{name}.npy"), load_trace(tmp_path / f"{name}.h5"),
+            json.loads((tmp_path / f"{name}.json").read_text()))
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+@pytest.mark.parametrize("integration", ["predictor", "naive", "predictor-tk1"])
+def test_se2p_swap_gives_the_roundtrip_samples_faster(tmp_path, ranks, integration):
+    """--exchange swap: bit-identical samples, the same messages (one fewer per link and step for
+    t_k+1, whose sender already holds line 10's value), less time when messages are slow."""
+    common = dict(algorithm="se2p", steps=8, integration=integration, seed_sharing="precomputed")
+    fixed = Profile("gmm", "float32", "test", [1], [0.010], [0.010], [0.002])    # 10 ms per ε, 2 ms per update
+    x_rt, tr_rt, rep_rt = _sim(tmp_path, "rt", ranks, profile=fixed, **common)
+    x_sw, tr_sw, rep_sw = _sim(tmp_path, "sw", ranks, profile=fixed, exchange="swap", **common)
+    assert np.array_equal(x_rt, x_sw)
+    sends = [sum(int(np.sum(t.events[r]["kind"] == "send")) for r in t.ranks) for t in (tr_rt, tr_sw)]
+    links_x_steps = (ranks - 1) * 7
+    assert sends[1] == sends[0] - (links_x_steps if integration == "predictor-tk1" else 0)
+    # 1 ms per message: on two ranks the roundtrip pays two messages per step on the critical path,
+    # swap one; on more ranks the virtual sends are eager (the next link's message is already
+    # there), so at least one message per step is saved. Seeds are precomputed: no other messages.
+    saved = rep_rt["wall_s"] - rep_sw["wall_s"]
+    assert saved > 0.9e-3 * 7, (rep_rt["wall_s"], rep_sw["wall_s"])
+
+
+@pytest.mark.parametrize("name,ranks,cfg", [
+    ("se2p-rt", 4, dict(algorithm="se2p", steps=8)),
+    ("se2p-swap", 4, dict(algorithm="se2p", steps=8, exchange="swap")),
+    ("se2p-naive", 3, dict(algorithm="se2p", steps=8, integration="naive", exchange="swap")),
+    ("parasolver-ddpm", 3, dict(algorithm="parasolver", steps=40, subintervals=20, window=12)),
+    ("parasolver-dpm", 4, dict(algorithm="parasolver", steps=20, sampler="dpmsolver", window=10)),
+    ("paradigms", 3, dict(algorithm="paradigms", steps=30, sampler="ddim", window=9)),
+])
+def test_messages_between_two_ranks_are_received_in_sending_order(tmp_path, name, ranks, cfg):
+    """NCCL ignores tags: it matches a pair's messages in the order they were sent. Every
+    algorithm must therefore receive each peer's messages in that order, whatever their tags."""
+    _, trace, _ = _sim(tmp_path, name, ranks, **cfg)
+    checked = 0
+    for a in trace.ranks:
+        for b in trace.ranks:
+            ev_a, ev_b = trace.events[a], trace.events[b]
+            sent = ev_a[(ev_a["kind"] == "send") & (ev_a["peer"] == b)]
+            got = ev_b[(ev_b["kind"] == "recv") & (ev_b["peer"] == a)]
+            sent_tags = sent["tag"][np.argsort(sent["t_start"], kind="stable")].tolist()
+            got_tags = got["tag"][np.argsort(got["t_start"], kind="stable")].tolist()
+            assert sent_tags == got_tags, (a, b)
+            checked += len(sent_tags)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("algo,ranks,extra", [
+    ("parasolver", 1, dict(steps=40, subintervals=20, window=12)),
+    ("parasolver", 3, dict(steps=40, subintervals=20, window=12)),
+    ("paradigms", 2, dict(steps=30, window=9)),
+    ("paradigms", 4, dict(steps=25, window=25)),
+])
+def test_warm_up_covers_every_batch_size_the_run_evaluates(tmp_path, algo, ranks, extra):
+    """The GPU warm-up (and CUDA graph capture) evaluates every batch size in advance: the sizes
+    in a trace's compute events must all be among runtime.warm_batches."""
+    _, trace, _ = _sim(tmp_path, algo, ranks, algorithm=algo, batch=2, tol=0.0, **extra)
+    for r in trace.ranks:
+        ev = trace.events[r]
+        used = set(ev[ev["kind"] == "compute"]["batch"].tolist())
+        cfg = RunConfig(algorithm=algo, batch=2, **extra)
+        assert used and used <= set(warm_batches(cfg, r, ranks)), (r, used)
+
+
+def test_row_counts_by_hand():
+    # 10 points, window 4, 1 rank: windows of 4 until the last three shrink to 3, 2, 1
+    assert row_counts(10, 4, 0, 1) == [1, 2, 3, 4]
+    # 2 ranks, blocks of ⌈4 / 8⌉ = 1 point dealt alternately: a window of 4 holds 2 of each rank's
+    assert row_counts(10, 4, 0, 2) == [1, 2] and row_counts(10, 4, 1, 2) == [1, 2]
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--transport", "nccl"], "--transport"),
+    (["--transport", "carrier-pigeon"], "--transport"),
+    (["--cuda-graphs", "on"], "--cuda-graphs"),
+    (["--exchange", "both"], "--exchange"),
+])
+def test_transport_and_graph_flag_errors(tmp_path, args, flag):
+    r = pardiff(2, "run", "se2p", "--device", "cpu", *args, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and f"pardiff: error: {flag}:" in r.stderr, r.stderr
+    assert r.stderr.count("pardiff: error:") == 1
