@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU benchmark of docs/performance.md on one node, results under OUT:
+#
+#   launch/bench_gpu.sh OUT [parts]        parts: any of tests model comm tracing parallel (default: all)
+#
+# Uses every GPU the node has (GPUS=N to use fewer); two-GPU parts (NCCL, SE2P, 2-rank solvers)
+# run only where there are two. Needs mpirun/mpiexec on PATH (see launch/mpirun.sh) and pardiff
+# importable by $PYTHON. Each part writes JSON naming the device and versions; copy OUT into
+# traces/results/<date>_<device>_perf/ and run launch/perf_table.py on it for the tables.
+set -euo pipefail
+out=${1:?usage: launch/bench_gpu.sh OUT [parts...]}
+shift
+parts=${*:-tests model comm tracing parallel}
+here=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-python3}
+export PARDIFF="${PARDIFF:-$PYTHON -m pardiff}"
+gpus=${GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())")}
+[ "$gpus" -ge 1 ] || { echo "bench_gpu.sh: no GPU" >&2; exit 2; }
+mkdir -p "$out"
+nvidia-smi -L > "$out/gpus.txt" 2>&1 || true
+mpi() { "$here/mpirun.sh" "$@"; }
+church=(--model arch:ddpm-church-256 --dtype float16)
+has() { [[ " $parts " == *" $1 "* ]]; }
+
+if has tests; then   # graphs = eager bit for bit; pinned staging between ranks on one GPU
+    $PYTHON -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
+fi
+if has model; then   # ε evaluation time per batch size, eager and from CUDA graphs
+    for g in off on; do
+        $PARDIFF bench model "${church[@]}" --batch 1,2,4,8,16,32 --cuda-graphs $g --repeats 20 \
+            --out "$out/model_church_fp16_graphs-$g.json"
+    done
+fi
+if has comm; then    # one-way message time per size and path
+    sizes=8,1024,65536,786432,8388608
+    for staging in pinned pageable; do
+        mpi 2 bench comm --device cuda --staging $staging --sizes $sizes --out "$out/comm_mpi_$staging.json"
+    done
+    [ "$gpus" -ge 2 ] && mpi 2 bench comm --device cuda --transport nccl --sizes $sizes --out "$out/comm_nccl.json"
+fi
+if has tracing; then # wall time with the trace on and off
+    $PARDIFF bench tracing sequential "${church[@]}" --sampler ddim --steps 50 --device cuda --repeats 5 \
+        --results "$out/tracing_sequential_ddim50.json"
+    $PARDIFF bench tracing parasolver "${church[@]}" --sampler ddim --steps 50 --subintervals 25 --precondition 5 \
+        --window 25 --tol 0.005 --device cuda --repeats 5 --results "$out/tracing_parasolver_ddim50_1gpu.json"
+    [ "$gpus" -ge 2 ] && mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
+        --repeats 5 --results "$out/tracing_se2p20_2gpu.json"
+fi
+if has parallel; then  # parallel vs sequential, side by side, samples checked before any speedup
+    gpu_list=1; [ "$gpus" -ge 2 ] && gpu_list=1,2
+    $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256,lfw-32,gmm \
+        --cases ddpm-1000,ddim-50,ddim-25,dpmsolver-25 --gpus $gpu_list --trace
+    [ "$gpus" -ge 2 ] && $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
+        --cases se2p-10,se2p-20,se2p-100 --trace
+fi
+echo "bench_gpu.sh: results in $out"
