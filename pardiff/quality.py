@@ -408,14 +408,14 @@ def evaluate(paths: list[str], reference: str = "none") -> dict:
 
 def format_table(report: dict) -> str:
     """One line per samples file: the attribute means (± standard error) and the distances."""
-    extra = [k for k in ("kid", "face_rate", "nearest_train_rms", "loglik_per_dim")
+    extra = [k for k in ("kid", "face_rate", "nearest_train_rms", "niqe_lfw", "loglik_per_dim")
              if any(k in e for e in report["files"].values())]
     head = ["file", "n", *ATTRIBUTES, *extra]
     rows = [head]
     for path, e in report["files"].items():
         row = [os.path.basename(path), str(e["n"])]
         row += [f"{e[a]['mean']:.4g} ± {e[a]['se']:.2g}" for a in ATTRIBUTES]
-        row += [f"{e[k]:.4g}" for k in extra]
+        row += [f"{e[k]['mean']:.4g}" if isinstance(e[k], dict) else f"{e[k]:.4g}" for k in extra]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

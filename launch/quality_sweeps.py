@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""SE2P's remaining quality experiments on a trained model (issue 7): N = 100 with small ρ (Tables 1/4,
+Figs. 2, 10), the mixing-parameter sweep (Fig. 26), the t_k + 1 variant (Fig. 27) and P = 2 … 10 ranks
+(Fig. 28).
+
+Every setting is one ``pardiff run`` (the baseline ``sequential --sampler ddpm`` on 1 rank, SE2P under
+``mpiexec -n P``) from the same --seed, so sample i of every setting starts from the same initial noise;
+then one ``pardiff eval --reference lfw`` over every set and --batch training images. Groups (--groups):
+
+- ``n100``:   DDPM-100 baseline, naive ablation, SE2P ρ ∈ {0.25, 0.5} (γ = 0.015; the paper's §4 / Fig. 10);
+- ``gamma``:  DDPM-20, ρ = 1.55, γ ∈ {0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75} (Fig. 26; its γ = 0 is
+              outside SE2P's 0 < γ ≤ 1 and its second "0.15" is read as 0.5), next to the baseline;
+- ``tk1``:    DDPM-20, ρ = 1.55, γ = 0.015, ``--integration predictor-tk1`` beside SE2P (Fig. 27);
+- ``procs``:  γ = 0.015, ρ = 1.35, P ranks (Fig. 28): P ∈ --procs-10 at N = 10, P ∈ --procs-20 at N = 20.
+
+Runs whose samples already exist in --out-dir/samples are not run again (a sweep can be resumed or
+extended). Writes to --out-dir: samples/TAG.npy, results.json (eval metrics, paired differences against
+the baseline of the same N, wall times), table.md, grid_GROUP.png (rows: settings; columns: the first
+samples, same noise), also into --img-dir.
+
+    OMP_NUM_THREADS=1 python3 launch/quality_sweeps.py --out-dir traces/results/<date>_cpu_quality_sweeps --img-dir docs/img
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_study import grid_png, paired, pardiff  # noqa: E402  (the same runner, paired statistics, grids)
+
+GAMMA = 0.015
+GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
+
+
+def se2p(gamma, rho, integration="predictor"):
+    return ["se2p", "--gamma", gamma, "--rho", rho, "--integration", integration]
+
+
+def settings(groups, procs10, procs20) -> list[dict]:
+    """Every run: tag, group, N, ranks, run arguments. A tag shared by groups is run once."""
+    base = ["sequential", "--sampler", "ddpm"]
+    out = []
+
+    def add(group, tag, n, ranks, args):
+        out.append({"group": group, "tag": tag, "n": n, "ranks": ranks, "args": args})
+
+    if "n100" in groups:
+        add("n100", "ddpm-100-B", 100, 1, base)
+        add("n100", "ddpm-100-Abl", 100, 2, se2p(GAMMA, 1.0, "naive"))
+        for rho in (0.25, 0.5):
+            add("n100", f"ddpm-100-{rho:.2f}", 100, 2, se2p(GAMMA, rho))
+    if "gamma" in groups:
+        add("gamma", "ddpm-20-B", 20, 1, base)
+        for g in GAMMAS_FIG26:
+            add("gamma", f"ddpm-20-1.55-g{g:g}", 20, 2, se2p(g, 1.55))
+    if "tk1" in groups:
+        add("tk1", "ddpm-20-B", 20, 1, base)
+        add("tk1", "ddpm-20-1.55-g0.015", 20, 2, se2p(GAMMA, 1.55))
+        add("tk1", "ddpm-20-1.55-tk1", 20, 2, se2p(GAMMA, 1.55, "predictor-tk1"))
+    if "procs" in groups:
+        for n, procs in ((10, procs10), (20, procs20)):
+            add("procs", f"ddpm-{n}-B", n, 1, base)
+            for p in procs:
+                add("procs", f"ddpm-{n}-1.35-P{p}", n, p, se2p(GAMMA, 1.35))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--img-dir", help="also write the grids here (docs/img)")
+    ap.add_argument("--groups", nargs="*", default=["n100", "gamma", "tk1", "procs"])
+    ap.add_argument("--procs-10", nargs="*", type=int, default=list(range(2, 11)))
+    ap.add_argument("--procs-20", nargs="*", type=int, default=[2, 4, 10])
+    ap.add_argument("--model", default="lfw-32")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--grid-cols", type=int, default=10)
+    ap.add_argument("--no-run", action="store_true", help="only evaluate the samples already there")
+    args = ap.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    samples_dir = out_dir / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    old = json.loads(results_path.read_text()) if results_path.exists() else {}
+    wall = dict(old.get("meta", {}).get("run_wall_s", {}))
+    t0 = time.time()
+
+    runs = settings(args.groups, args.procs_10, args.procs_20)
+    unique = {}
+    for r in runs:
+        unique.setdefault(r["tag"], r)
+    for tag, r in unique.items():
+        if (samples_dir / f"{tag}.npy").exists() or args.no_run:
+            continue
+        wall[tag] = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed",
+                            args.seed, "--batch", args.batch, "--out", f"{tag}.npy", cwd=samples_dir)
+        print(f"{tag:24s} P={r['ranks']:2d} {wall[tag]:7.1f} s", flush=True)
+
+    # every sample set in the folder is evaluated (earlier groups stay in the report)
+    tags = sorted(p.stem for p in samples_dir.glob("*.npy") if p.stem != "data")
+    from pardiff.data import load_dataset
+    data, _ = load_dataset("lfw", 32)
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
+    np.save(samples_dir / "data.npy", data[pick].numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags + ["data"]], "--reference", "lfw",
+                "--report", str(Path(tmp) / "eval.json"), cwd=samples_dir)
+        report = json.loads((Path(tmp) / "eval.json").read_text())
+    metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
+
+    samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
+    from pardiff.quality import LfwReference
+    net = LfwReference().net                    # the same seeded classifier pardiff eval used
+    diffs = {}
+    for t in tags:
+        n = t.split("-")[1]
+        if not t.endswith("-B") and f"ddpm-{n}-B" in samples:
+            diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], net)
+
+    groups = {}
+    for r in settings(["n100", "gamma", "tk1", "procs"], args.procs_10, args.procs_20):
+        if r["tag"] in samples:
+            groups.setdefault(r["group"], [])
+            if r["tag"] not in groups[r["group"]]:
+                groups[r["group"]].append(r["tag"])
+    groups = {g: ts for g, ts in groups.items() if any(not t.endswith("-B") for t in ts)}   # groups actually run
+    img_dirs = [out_dir] + ([Path(args.img_dir)] if args.img_dir else [])
+    for group, gtags in groups.items():
+        rows = [samples[t] for t in gtags]
+        for d in img_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            grid_png(d / f"quality_sweeps_{group}.png", rows, min(args.grid_cols, args.batch))
+
+    meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "groups": groups,
+            "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "wall_s_this_call": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],
+            "data_row": f"{args.batch} of the 200 training images (seed 0); its KID and nearest-image distance "
+                        "compare a subset with a set that contains it"}
+    results_path.write_text(json.dumps({"meta": meta, "metrics": metrics, "paired_vs_baseline": diffs},
+                                       indent=1) + "\n")
+    table = format_tables(groups, metrics, diffs, args.batch)
+    (out_dir / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
+def format_tables(groups, metrics, diffs, batch) -> str:
+    attrs = ("brightness", "contrast", "sharpness", "saturated")
+    lines = [f"{batch} samples per setting, the same initial noises in every setting. Means ± standard error; "
+             "KID ± its spread over random halves; paired Δ = setting − baseline of the same N, per image."]
+    for group, tags in groups.items():
+        lines += ["", f"### {group}", "",
+                  "| setting | brightness | contrast | sharpness | saturated | KID | face rate | nearest train RMS "
+                  "| NIQE-LFW per image (set) |", "|---|---|---|---|---|---|---|---|---|"]
+        for t in tags + (["data"] if group == list(groups)[-1] else []):
+            m = metrics[t]
+            cells = [f"{m[a]['mean']:.4f} ± {m[a]['se']:.4f}" for a in attrs]
+            lines.append(f"| {t} | " + " | ".join(cells) + f" | {m['kid']:.3f} ± {m['kid_subset_std']:.3f} "
+                         f"| {m['face_rate']:.2f} | {m['nearest_train_rms']:.3f} "
+                         f"| {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} ({m['niqe_lfw']['set']:.2f}) |")
+        paired_tags = [t for t in tags if t in diffs]
+        if paired_tags:
+            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated | RMS to baseline (median) "
+                      "| face / non-face changed |", "|---|---|---|---|---|---|---|"]
+            for t in paired_tags:
+                d = diffs[t]
+                lines.append(f"| {t} | " + " | ".join(f"{d[a]['mean']:+.4f} ± {d[a]['se']:.4f}" for a in attrs)
+                             + f" | {d['rms_to_baseline']['mean']:.3f} ({d['rms_to_baseline']['median']:.3f}) "
+                             f"| {d['class_changed']} of {batch} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
