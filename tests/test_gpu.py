@@ -49,6 +49,7 @@ def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
     assert np.array_equal(np.load(tmp_path / "real.npy"), np.load(tmp_path / "sim.npy"))
     from pardiff.trace.reader import load_trace
     trace = load_trace(tmp_path / "real.h5")
-    latents = [e for r in trace.ranks for e in trace.events[r] if e["label"] in ("x_pred", "latent")]
+    latents = [e for r in trace.ranks for e in trace.events[r]
+               if e["kind"] in ("send", "recv") and e["label"] in ("x_pred", "latent")]
     assert latents and {str(e["path"]) for e in latents} == {"pinned"}
     assert trace.attrs["backend"] == "mpi"

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Markdown tables of a launch/bench_gpu.sh results folder (the tables of docs/performance.md).
+
+    python3 launch/perf_table.py traces/results/2026-11-23_h200_perf
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_table(folder):
+    runs = {g: os.path.join(folder, f"model_church_fp16_graphs-{g}.json") for g in ("off", "on")}
+    if not all(os.path.isfile(p) for p in runs.values()):
+        return
+    off, on = load(runs["off"]), load(runs["on"])
+    print(f"ε evaluation, {off['model']} {off['dtype']}, {off['device']} (median of {off['repeats']})\n")
+    print("| batch | eager ms | CUDA graph ms | ratio | graph ms per sample |\n|---:|---:|---:|---:|---:|")
+    for b, e, g in zip(off["batch"], off["seconds"], on["seconds"]):
+        print(f"| {b} | {e * 1e3:.1f} | {g * 1e3:.1f} | {e / g:.2f}× | {g * 1e3 / b:.2f} |")
+    print()
+
+
+def comm_table(folder):
+    files = sorted(glob.glob(os.path.join(folder, "comm_*.json")))
+    for path in files:
+        d = load(path)
+        print(f"{os.path.basename(path)}: path {d['path']}, {d['ranks']} ranks ({d['local_size']} on the node), "
+              f"{d['device']}, {d['mpi'][:40]}\n")
+        print("| bytes | one way µs | GB/s | reference | reference µs | ratio |\n|---:|---:|---:|---|---:|---:|")
+        for r in d["rows"]:
+            ref = (r.get("reference", ""), f"{r['reference_one_way_s'] * 1e6:.1f}", f"{r['ratio_to_reference']:.2f}×") \
+                if "reference" in r else ("", "", "")
+            print(f"| {r['nbytes']} | {r['one_way_s'] * 1e6:.1f} | {r['nbytes'] / r['one_way_s'] / 1e9:.2f} | "
+                  f"{ref[0]} | {ref[1]} | {ref[2]} |")
+        print()
+
+
+def tracing_table(folder):
+    files = sorted(p for p in glob.glob(os.path.join(folder, "tracing_*.json")) if not p.endswith(("-on.json", "-off.json")))
+    if not files:
+        return
+    print("| run | ranks | trace off ms | trace on ms | overhead | runs each |\n|---|---:|---:|---:|---:|---:|")
+    for path in files:
+        d = load(path)
+        p = d["params"]
+        print(f"| {d['algorithm']} {p['sampler']}-{p['steps']} {p['model']} | {d['world_size']} | "
+              f"{d['median_off_s'] * 1e3:.1f} | {d['median_on_s'] * 1e3:.1f} | {100 * d['overhead']:+.2f} % | {d['repeats']} |")
+    print()
+
+
+def parallel_table(folder):
+    files = sorted(glob.glob(os.path.join(folder, "parallel", "*.json")))
+    rows = [load(p) for p in files]
+    rows = [d for d in rows if "rows" in d and "case" in d]
+    if not rows:
+        return
+    print("| model | case | algorithm | GPUs | wall s | NFE | iterations | RMS vs sequential | speedup |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for d in rows:
+        for r in d["rows"]:
+            if r.get("rc") != 0:
+                print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | failed (rc {r['rc']}) | | | | |")
+                continue
+            rms = r.get("rms_diff_vs_sequential")
+            speed = f"{r['speedup']:.2f}×" if "speedup" in r else \
+                (f"({r['speedup_unchecked']:.2f}×, sample disagrees)" if "speedup_unchecked" in r else "1 (baseline)")
+            print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | {r['wall_s']:.3f} | {r['nfe']} | "
+                  f"{r.get('iterations') or ''} | {'' if rms is None else f'{rms:.4f}'} | {speed} |")
+    print()
+
+
+def main() -> int:
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        sys.stderr.write("usage: launch/perf_table.py RESULTS_FOLDER\n")
+        return 2
+    for table in (model_table, comm_table, tracing_table, parallel_table):
+        table(sys.argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
