@@ -119,13 +119,17 @@ def main(argv=None) -> int:
     metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
 
     samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
-    from pardiff.quality import LfwReference
-    net = LfwReference().net                    # the same seeded classifier pardiff eval used
+    from pardiff.quality import LfwReference, niqe_features, niqe_scores, to_unit
+    lfw = LfwReference()
+    net = lfw.net                               # the same seeded classifier pardiff eval used
+    niqe = {t: niqe_scores(lfw.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
     diffs = {}
     for t in tags:
         n = t.split("-")[1]
         if not t.endswith("-B") and f"ddpm-{n}-B" in samples:
             diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], net)
+            d = niqe[t] - niqe[f"ddpm-{n}-B"]
+            diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
     groups = {}
     for r in settings(["n100", "gamma", "tk1", "procs"], args.procs_10, args.procs_20):
@@ -163,20 +167,22 @@ def format_tables(groups, metrics, diffs, batch) -> str:
     for group, tags in groups.items():
         lines += ["", f"### {group}", "",
                   "| setting | brightness | contrast | sharpness | saturated | KID | face rate | nearest train RMS "
-                  "| NIQE-LFW per image (set) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| NIQE-LFW per image (set ± spread over halves) |", "|---|---|---|---|---|---|---|---|---|"]
         for t in tags + (["data"] if group == list(groups)[-1] else []):
             m = metrics[t]
             cells = [f"{m[a]['mean']:.4f} ± {m[a]['se']:.4f}" for a in attrs]
             lines.append(f"| {t} | " + " | ".join(cells) + f" | {m['kid']:.3f} ± {m['kid_subset_std']:.3f} "
                          f"| {m['face_rate']:.2f} | {m['nearest_train_rms']:.3f} "
-                         f"| {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} ({m['niqe_lfw']['set']:.2f}) |")
+                         f"| {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} "
+                         f"({m['niqe_lfw']['set']:.2f} ± {m['niqe_lfw']['set_subset_std']:.2f}) |")
         paired_tags = [t for t in tags if t in diffs]
         if paired_tags:
-            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated | RMS to baseline (median) "
-                      "| face / non-face changed |", "|---|---|---|---|---|---|---|"]
+            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated | Δ NIQE-LFW "
+                      "| RMS to baseline (median) | face / non-face changed |", "|---|---|---|---|---|---|---|---|"]
             for t in paired_tags:
                 d = diffs[t]
                 lines.append(f"| {t} | " + " | ".join(f"{d[a]['mean']:+.4f} ± {d[a]['se']:.4f}" for a in attrs)
+                             + f" | {d['niqe_lfw']['mean']:+.2f} ± {d['niqe_lfw']['se']:.2f}"
                              + f" | {d['rms_to_baseline']['mean']:.3f} ({d['rms_to_baseline']['median']:.3f}) "
                              f"| {d['class_changed']} of {batch} |")
     return "\n".join(lines) + "\n"

@@ -228,13 +228,14 @@ class LfwReference:
         flat = x.flatten(1).double()
         train = torch.cat([self.images, self.images.flip(-1)]).flatten(1).double()
         nearest = torch.cdist(flat, train).min(1).values / math.sqrt(flat.shape[1])
-        per_image, whole = niqe_scores(self.niqe, niqe_features(to_unit(x)))
+        nf = niqe_features(to_unit(x))
+        per_image, whole = niqe_scores(self.niqe, nf)
         return {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
                 "face_rate": float(face.mean()), "nearest_train_rms": float(nearest.mean()),
                 "nearest_train_rms_min": float(nearest.min()),
                 "niqe_lfw": {"mean": float(per_image.mean()),
                              "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
-                             "set": whole}}
+                             "set": whole, "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +340,15 @@ def niqe_scores(model, features: np.ndarray) -> tuple[np.ndarray, float]:
     per_image = np.array([niqe_distance(model, f) for f in features])
     whole = niqe_distance(model, *niqe_model(features)) if len(features) > 1 else float(per_image[0])
     return per_image, whole
+
+
+def niqe_set_subset_std(model, features: np.ndarray, repeats: int = 50, seed: int = 0) -> float:
+    """Spread of the set score over random halves of the feature rows (as kid_subset_std; the half-set
+    score is biased upwards by its smaller sample, so read this as the noise of a difference)."""
+    g = np.random.default_rng(seed)
+    half = max(2, len(features) // 2)
+    return float(np.std([niqe_distance(model, *niqe_model(features[g.permutation(len(features))[:half]]))
+                         for _ in range(repeats)]))
 
 
 # ---------------------------------------------------------------------------------------------
