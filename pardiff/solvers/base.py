@@ -59,7 +59,8 @@ class Solver:
         j = torch.as_tensor(j, dtype=torch.long).reshape(-1)
         if j.numel() == 1:
             j = j.expand(x.shape[0])
-        return j.to(x.device)
+        # non_blocking: a blocking copy to the GPU waits for every queued kernel (a host sync per step)
+        return j.to(x.device, non_blocking=True)
 
     def coef(self, name: str, values, j: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """values[j] per row (float64), shaped to broadcast against x."""
@@ -73,7 +74,8 @@ class Solver:
         """Zero a per-row coefficient on rows that have no history."""
         if has_history is None:
             return coefficient
-        return coefficient * has_history.to(coefficient.device, coefficient.dtype).reshape(coefficient.shape)
+        mask = has_history.to(coefficient.dtype).to(coefficient.device, non_blocking=True)
+        return coefficient * mask.reshape(coefficient.shape)
 
     # --- the sampler ----------------------------------------------------------------
     def predict_x0(self, x, eps, j):
