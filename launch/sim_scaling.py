@@ -54,18 +54,22 @@ def pardiff(*args, cwd) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--profile", default="h200", help="h200 (eager, default) | h200-graphs (CUDA graphs) | FILE.json")
+    ap.add_argument("--studies", default="networks,table5", help="networks, table5 or both (default)")
     args = ap.parse_args(argv)
+    model = [args.profile if a == "h200" else a for a in MODEL]
+    studies = args.studies.split(",")
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows = []
     for study, (flags, rank_counts) in STUDIES.items():
-        for P in rank_counts:
+        for P in rank_counts if "networks" in studies else []:
             trace = work / f"{study}-{P}.h5"
-            ex = pardiff(*flags, *MODEL, "--ranks", P, "--network", NETWORKS[0], "--trace", trace, cwd=work)
+            ex = pardiff(*flags, *model, "--ranks", P, "--network", NETWORKS[0], "--trace", trace, cwd=work)
             for net in NETWORKS:
-                rep = ex if net == NETWORKS[0] else pardiff("--replay", trace, "--network", net, "--profile", "h200",
+                rep = ex if net == NETWORKS[0] else pardiff("--replay", trace, "--network", net, "--profile", args.profile,
                                                              cwd=work)
                 comm = max(r["communication_s"] for r in rep["per_rank"])
                 rows.append({"study": study, "ranks": P, "network": net, "wall_s": rep["wall_s"],
@@ -73,17 +77,17 @@ def main(argv=None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
             trace.unlink()
     table5 = []
-    for net in ("nvlink", "h200-mpi-staged"):
-        seq = pardiff(*TABLE5["sequential"], *MODEL, "--ranks", 1, "--network", net, cwd=work)["wall_s"]
+    for net in ("nvlink", "h200-mpi-staged") if "table5" in studies else []:
+        seq = pardiff(*TABLE5["sequential"], *model, "--ranks", 1, "--network", net, cwd=work)["wall_s"]
         for alg in ("parasolver", "paradigms"):
             for G in (1, 2, 4, 8):
-                rep = pardiff(*TABLE5[alg], *MODEL, "--ranks", G, "--network", net, cwd=work)
+                rep = pardiff(*TABLE5[alg], *model, "--ranks", G, "--network", net, cwd=work)
                 table5.append({"network": net, "algorithm": alg, "gpus": G, "wall_s": rep["wall_s"],
                                "sequential_s": seq, "speedup": seq / rep["wall_s"], "iterations": rep["iterations"],
                                "nfe": rep["nfe"], "paper_speedup": PAPER_TABLE5[alg][G]})
                 print(json.dumps(table5[-1]), flush=True)
     work.rmdir() if not any(work.iterdir()) else None
-    meta = {"profile": "h200 (pardiff/sim/profiles), arch:ddpm-church-256 float16, stand-in", "date":
+    meta = {"profile": f"{args.profile} (pardiff/sim/profiles), arch:ddpm-church-256 float16, stand-in", "date":
             time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
     (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5}, indent=1))
 
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
               f"| {r['paper_speedup']}× | {r['iterations']} | {r['nfe']} |" for r in table5]
     (out / "table5.md").write_text("\n".join(lines) + "\n")
     lines = ["| study | ranks | " + " | ".join(NETWORKS) + " |", "|---|---|" + "---|" * len(NETWORKS)]
-    for study in STUDIES:
+    for study in STUDIES if "networks" in studies else []:
         for P in STUDIES[study][1]:
             cells = {r["network"]: r["wall_s"] for r in rows if r["study"] == study and r["ranks"] == P}
             lines.append(f"| {study} | {P} | " + " | ".join(f"{cells[n] * 1e3:.1f}" for n in NETWORKS) + " |")
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    for study in STUDIES:
+    for study in STUDIES if "networks" in studies else []:
         fig, ax = plt.subplots(figsize=(6, 4))
         for net in NETWORKS:
             pts = sorted((r["ranks"], r["wall_s"]) for r in rows if r["study"] == study and r["network"] == net)

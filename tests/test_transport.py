@@ -186,3 +186,19 @@ def test_transport_and_graph_flag_errors(tmp_path, args, flag):
     r = pardiff(2, "run", "se2p", "--device", "cpu", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and f"pardiff: error: {flag}:" in r.stderr, r.stderr
     assert r.stderr.count("pardiff: error:") == 1
+
+
+def test_replay_of_a_swapped_exchange_reproduces_it(tmp_path):
+    """Non-blocking sends are a send row (the post) and a wait row (the completion); replay
+    prices them as the virtual Comm does, so a simulated trace with overlap replays exactly."""
+    from pardiff.sim.replay import retime
+    network = Network("test", Link(1e-3, 1e8), Link(1e-3, 1e8), 64)
+    fixed = Profile("gmm", "float32", "test", [1], [0.010], [0.012], [0.002])
+    _, trace, _ = _sim(tmp_path, "swap", 3, network=network, profile=fixed, algorithm="se2p", steps=6,
+                       exchange="swap")
+    kinds = {str(k) for r in trace.ranks for k in trace.events[r]["kind"]}
+    assert {"send", "recv", "wait"} <= kinds
+    new = retime(trace, network, fixed)
+    for r, ev in trace.events.items():
+        for field in ("t_start", "t_ready", "t_end"):
+            assert np.allclose(new[r][field], ev[field], rtol=0, atol=1e-12), (r, field)
