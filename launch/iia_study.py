@@ -58,6 +58,7 @@ def main(argv=None) -> int:
                     help="|B| values for IIA-DDIM at NFE 10 (how the fit generalises to other noises)")
     ap.add_argument("--nfe", nargs="*", type=int, help="only these NFE budgets (default: all of each solver's)")
     ap.add_argument("--reference-steps", type=int, default=1000, help="DDIM steps of the reference (default 1000)")
+    ap.add_argument("--keep-samples", action="store_true", help="keep the samples (.npy) in --out-dir/samples")
     args = ap.parse_args(argv)
     if shutil.which("mpiexec") is None:
         raise SystemExit("no mpiexec on PATH (pip install -e '.[mpich]')")
@@ -136,6 +137,19 @@ def main(argv=None) -> int:
         lines += [f"| {s['quantities']} | {s['B']} | {s['residual_fitted']:.3g} | {s['error_iia']:.4f} |" for s in sweep]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.keep_samples:
+        (out_dir / "samples").mkdir(exist_ok=True)
+        for f in work.glob("*.npy"):
+            shutil.copy(f, out_dir / "samples" / f.name)
+        if rows and np.load(work / "ref.npy").shape[1] == 1:        # grayscale: a grid of the first solver
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from quality_study import grid_png
+            first = [r for r in rows if r["solver"] == rows[0]["solver"]]
+            grid = [np.load(work / "ref.npy")]
+            for r in first:
+                tag = f"{r['solver']}-{r['steps']}"
+                grid += [np.load(work / f"{tag}-base.npy"), np.load(work / f"{tag}-iia.npy")]
+            grid_png(out_dir / "grid.png", grid, min(8, args.test_batch))     # rows: reference, then base / IIA per NFE
     shutil.rmtree(work)
     return 0
 
