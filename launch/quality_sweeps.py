@@ -68,6 +68,8 @@ def settings(groups, procs10, procs20) -> list[dict]:
         add("tk1", "ddpm-20-1.55-tk1", 20, 2, se2p(GAMMA, 1.55, "predictor-tk1"))
     if "procs" in groups:
         for n, procs in ((10, procs10), (20, procs20)):
+            if not procs:
+                continue
             add("procs", f"ddpm-{n}-B", n, 1, base)
             for p in procs:
                 add("procs", f"ddpm-{n}-1.35-P{p}", n, p, se2p(GAMMA, 1.35))
