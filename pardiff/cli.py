@@ -226,10 +226,15 @@ def _run(args) -> int:
     return run(cfg, comm, FUNCTIONS.get(cfg.algorithm))
 
 
+def _error(message) -> int:
+    """One error line; the exit status of a bad command line."""
+    sys.stderr.write(f"pardiff: error: {message}\n")
+    return 2
+
+
 def _flag_error(flag: str, message) -> int:
     """One message naming the bad flag; the exit status of a bad command line."""
-    sys.stderr.write(f"pardiff: error: {flag}: {message}\n")
-    return 2
+    return _error(f"{flag}: {message}")
 
 
 def _simulate(args) -> int:
@@ -375,8 +380,7 @@ def _trace(args) -> int:
     try:
         trace = load_trace(args.file)
     except (OSError, ValueError) as e:
-        sys.stderr.write(f"pardiff: error: {e}\n")
-        return 2
+        return _error(e)
     if args.trace_command == "summary":
         from .trace.summary import format_summary
         print(format_summary(trace))
@@ -396,9 +400,8 @@ def _train(args) -> int:
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
     try:
         log = train(TrainConfig(**fields))
-    except ConfigError as e:
-        sys.stderr.write(f"pardiff: error: {e}\n")
-        return 2
+    except ConfigError as e:                 # its message starts with the flag
+        return _error(e)
     print(f"trained {log['parameters'] / 1e6:.2f} M parameters for {args.steps} steps in {log['wall_s']:.1f} s "
           f"on {log['device']}: final loss {log['final_loss']:.4f}; wrote {args.out}")
     return 0
@@ -407,13 +410,11 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .quality import EvalError, evaluate, format_table
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
-        sys.stderr.write(f"pardiff: error: --report: the folder of {args.report!r} does not exist\n")
-        return 2
+        return _flag_error("--report", f"the folder of {args.report!r} does not exist")
     try:
         report = evaluate(args.samples, args.reference)
     except EvalError as e:
-        sys.stderr.write(f"pardiff: error: {e}\n")
-        return 2
+        return _error(e)
     if args.report:
         from .io import write_json
         write_json(args.report, report)
