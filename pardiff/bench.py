@@ -46,6 +46,26 @@ class _PathRecorder(Recorder):
         super().record(kind, label, line, t_start, t_end, **fields)
 
 
+def _ping_pong(comm, send, recv, dev: torch.device, repeats: int) -> list[float]:
+    """Round-trip times between ranks 0 and 1 (``send(dest)`` / ``recv(source)``), after 3
+    untimed ones; the other ranks only take part in the barriers."""
+    trips = []
+    for i in range(repeats + 3):
+        comm._barrier()
+        t0 = time.perf_counter()
+        if comm.rank == 0:
+            send(1)
+            recv(1)
+        elif comm.rank == 1:
+            recv(0)
+            send(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= 3:
+            trips.append(time.perf_counter() - t0)
+    return trips
+
+
 def _reference_one_way(comm, transport: str, dev: torch.device, nbytes: int, repeats: int) -> tuple[str, float] | None:
     """What a path is measured against, one way, for ``nbytes``: NCCL's own send/recv ping-pong
     (torch.distributed, no Comm) for nccl; for host staging the pinned copies alone (GPU to host
@@ -55,19 +75,7 @@ def _reference_one_way(comm, transport: str, dev: torch.device, nbytes: int, rep
     buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32, device=dev)
     if transport == "nccl":
         import torch.distributed as dist
-        trips = []
-        for i in range(repeats + 3):
-            comm._barrier()
-            t0 = time.perf_counter()
-            if comm.rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-            elif comm.rank == 1:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-            torch.cuda.synchronize(dev)
-            if i >= 3:
-                trips.append(time.perf_counter() - t0)
+        trips = _ping_pong(comm, lambda peer: dist.send(buf, peer), lambda peer: dist.recv(buf, peer), dev, repeats)
         return "nccl send/recv (torch.distributed)", statistics.median(trips) / 2
     pinned = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
     copies = []
@@ -105,20 +113,8 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
     rows = []
     for n in sizes:
         buf = torch.zeros(max(n // 4, 1), dtype=torch.float32, device=dev)
-        trips = []
-        for i in range(repeats + 3):
-            comm._barrier()
-            t0 = time.perf_counter()
-            if comm.rank == 0:
-                comm.send(buf, 1, label="bench", line="bench")
-                comm.recv(buf, 1, label="bench", line="bench")
-            elif comm.rank == 1:
-                comm.recv(buf, 0, label="bench", line="bench")
-                comm.send(buf, 0, label="bench", line="bench")
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= 3:
-                trips.append(time.perf_counter() - t0)
+        trips = _ping_pong(comm, lambda peer: comm.send(buf, peer, label="bench", line="bench"),
+                           lambda peer: comm.recv(buf, peer, label="bench", line="bench"), dev, repeats)
         row = {"nbytes": buf.numel() * 4, "one_way_s": statistics.median(trips) / 2, "min_one_way_s": min(trips) / 2}
         reference = _reference_one_way(comm, transport, dev, row["nbytes"], repeats)
         if reference:
@@ -158,17 +154,11 @@ def bench_tracing(cfg, repeats: int, results: str) -> int:
     import os
 
     from .algorithms import ALGORITHMS
-    from .models import load_model
     from .runtime import run
+    from .sim.execute import shared_loader
 
     comm = MPIComm()
-    models = {}
-
-    def loader(spec, device, dtype):
-        key = (spec, str(device), dtype)
-        if key not in models:
-            models[key] = load_model(spec, device=device, dtype=dtype)
-        return models[key]
+    loader = shared_loader()           # one model load for every run of this rank
 
     stem = results[:-len(".json")]
     walls = {"on": [], "off": []}

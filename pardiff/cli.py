@@ -211,13 +211,18 @@ def _add_train_eval(sub) -> None:
     ev.add_argument("--report", help="write the metrics to FILE.json")
 
 
+def _run_config(args) -> RunConfig:
+    """The RunConfig of a command's ALGO and run flags (run, fit-iia, simulate, bench tracing)."""
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
+    return RunConfig(algorithm=args.algorithm, **fields)
+
+
 def _run(args) -> int:
     from .algorithms import ALGORITHMS as FUNCTIONS
     from .comm.mpi import LauncherMismatch, MPIComm
     from .runtime import run
 
-    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
-    cfg = RunConfig(algorithm=args.algorithm, **fields)
+    cfg = _run_config(args)
     try:
         comm = MPIComm()
     except LauncherMismatch as e:
@@ -280,8 +285,7 @@ def _simulate(args) -> int:
         return _flag_error("ALGO", "give the algorithm to simulate (or --replay TRACE)")
     if args.ranks is None or args.ranks < 1:
         return _flag_error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
-    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
-    cfg = RunConfig(algorithm=args.algorithm, **fields)
+    cfg = _run_config(args)
     try:
         cfg.validate(args.ranks)                 # before any virtual rank starts; --ranks is the world size
     except ConfigError as e:
@@ -326,9 +330,8 @@ def _bench(args) -> int:
         if args.trace or args.report:
             return _flag_error("--trace" if args.trace else "--report", "bench tracing writes its own traces and "
                                                                         "reports next to --results")
-        fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
         from .bench import bench_tracing
-        return bench_tracing(RunConfig(algorithm=args.algorithm, **fields), args.repeats, args.results)
+        return bench_tracing(_run_config(args), args.repeats, args.results)
 
     import torch
 

@@ -172,7 +172,7 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device) -> None:
+def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device, warm: list[int]) -> None:
     """Align clocks to rank 0 and attach this rank's recorder (with a part writer if --trace)."""
     offset, rtt = comm.measure_clock_offset(time.perf_counter)
     epoch0 = comm.allgather_object(time.perf_counter() if comm.rank == 0 else None)[0]
@@ -185,11 +185,10 @@ def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device) -> None:
         rank_attrs = {"host": socket.gethostname(), "device": _device_name(device), "pid": os.getpid(),
                       "clock_offset_s": offset, "clock_rtt_s": rtt,
                       # the batch sizes evaluated before the clock started (replay prices the others' first use)
-                      "warm_batches": warm_batches(cfg, comm.rank, comm.size)
-                      if device.type == "cuda" or comm.backend == "virtual" else []}
+                      "warm_batches": warm if device.type == "cuda" or comm.backend == "virtual" else []}
         writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
     if hasattr(comm, "make_recorder"):          # the simulator's virtual clocks
-        comm.recorder = comm.make_recorder(writer, warm_batches(cfg, comm.rank, comm.size), batch=cfg.batch)
+        comm.recorder = comm.make_recorder(writer, warm, batch=cfg.batch)
     else:
         comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
 
@@ -232,8 +231,9 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
             return 2
 
     with abort_on_error(comm):
-        warm_up(cfg, comm, model, device)
-        _start_trace(cfg, comm, device)
+        warm = warm_batches(cfg, comm.rank, comm.size)
+        warm_up(model, device, warm)
+        _start_trace(cfg, comm, device, warm)
         ctx = Context(cfg, comm, model, device, coeffs)
         comm._barrier()            # start together, so wall time measures the algorithm alone
         t_start = comm.recorder.now()
@@ -306,16 +306,16 @@ def warm_batches(cfg: RunConfig, rank: int, size: int) -> list[int]:
     return sorted({b * factor for b in sizes})
 
 
-def warm_up(cfg: RunConfig, comm: Comm, model, device: torch.device) -> None:
-    """On a GPU, untimed evaluations at every batch size this rank will use: the CUDA context,
+def warm_up(model, device: torch.device, batches: list[int]) -> None:
+    """On a GPU, untimed evaluations at each of ``batches`` (warm_batches): the CUDA context,
     cuBLAS/cuDNN handles, kernel selection and CUDA graph capture happen here, not in the run."""
     if device.type != "cuda":
         return
-    labels = None if model.num_classes is None else -1
-    for b in warm_batches(cfg, comm.rank, comm.size):
+    for b in batches:
         x = torch.zeros(b, *model.sample_shape, device=device)
         t = torch.full((b,), model.schedule.T - 1, dtype=torch.long)
-        model.eps(x, t, None if labels is None else torch.full((b,), labels, dtype=torch.long, device=device))
+        labels = None if model.num_classes is None else torch.full((b,), -1, dtype=torch.long, device=device)
+        model.eps(x, t, labels)
     torch.cuda.synchronize(device)
 
 

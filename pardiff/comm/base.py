@@ -165,7 +165,7 @@ class Comm:
         elif self.staging == "pageable":
             buf, path = byte_view(tensor.to("cpu")), "staged"
         else:
-            pinned, _ = to_pinned(self.pinned, tensor.contiguous())
+            pinned = to_pinned(self.pinned, tensor.contiguous())
             buf, path = pinned.numpy(), "pinned"
             release = lambda: self.pinned.release(pinned)  # noqa: E731
         request = None

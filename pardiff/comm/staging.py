@@ -24,7 +24,6 @@ class PinnedPool:
     def __init__(self):
         self._free: dict[int, list[torch.Tensor]] = {}
         self._busy: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
-        self.allocated = 0                     # buffers pinned so far (a test and report figure)
 
     def acquire(self, nbytes: int) -> torch.Tensor:
         still_busy = []
@@ -37,7 +36,6 @@ class PinnedPool:
         free = self._free.get(nbytes)
         if free:
             return free.pop()
-        self.allocated += 1
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
     def release(self, buf: torch.Tensor, event=None) -> None:
@@ -49,16 +47,15 @@ def host_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return buf.view(like.dtype).view(like.shape)
 
 
-def to_pinned(pool: PinnedPool, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copy a GPU tensor into a pinned buffer; returns (buffer, host view), the copy complete.
+def to_pinned(pool: PinnedPool, tensor: torch.Tensor) -> torch.Tensor:
+    """Copy a GPU tensor into a pinned buffer of the pool; returns the buffer, the copy complete.
 
     The copy is queued on the current stream behind the kernels that produced ``tensor``,
     then the host waits for that stream: the one synchronisation a host transport needs."""
     buf = pool.acquire(tensor.numel() * tensor.element_size())
-    host = host_view(buf, tensor)
-    host.copy_(tensor, non_blocking=True)
+    host_view(buf, tensor).copy_(tensor, non_blocking=True)
     torch.cuda.current_stream(tensor.device).synchronize()
-    return buf, host
+    return buf
 
 
 def from_pinned(pool: PinnedPool, buf: torch.Tensor, out: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ torch.distributed, GPU to GPU over NVLink / InfiniBand with NCCL, so a 786 KB la
 tens of microseconds instead of a host round trip (docs/performance.md). The process group
 is set up from MPI itself: rank 0 picks a TCP port and broadcasts its address.
 
-Two differences from MPI the algorithms must respect, and do (tests/test_comm.py checks
+Two differences from MPI the algorithms must respect, and do (tests/test_transport.py checks
 every algorithm's traces for the first):
 - NCCL ignores tags: messages between two ranks are matched in the order they were sent,
   so a rank must receive a peer's GPU messages in the order the peer sent them;
