@@ -11,6 +11,8 @@ trace under its own network and profile reproduces it exactly:
   time the rank meets that size), or the recorded duration without a profile;
   ``host``: the recorded duration;
 - ``send``: occupies the sender for the link's α + n/β; the message arrives when it ends;
+  a non-blocking one (``Comm.isend``: a later ``wait`` row has its peer, tag and seq) frees the
+  sender at once, and its ``wait`` ends at max(its start, the message's arrival);
 - ``recv``: ends at max(its start, the message's arrival);
 - ``collective``: ends on every rank at max(entry times) + the network's price for it.
 
