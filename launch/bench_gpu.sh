@@ -37,11 +37,17 @@ if has comm; then    # one-way message time per size and path
     for staging in pinned pageable; do
         mpi 2 bench comm --device cuda --staging $staging --sizes $sizes --out "$out/comm_mpi_$staging.json"
     done
+    # Open MPI's own host-to-host time, no GPU: what staging adds to it is the copies
+    mpi 2 bench comm --device cpu --sizes $sizes --out "$out/comm_mpi_host.json"
     [ "$gpus" -ge 2 ] && mpi 2 bench comm --device cuda --transport nccl --sizes $sizes --out "$out/comm_nccl.json"
 fi
 if has tracing; then # wall time with the trace on and off
     $PARDIFF bench tracing sequential "${church[@]}" --sampler ddim --steps 50 --device cuda --repeats 5 \
         --results "$out/tracing_sequential_ddim50.json"
+    $PARDIFF bench tracing sequential "${church[@]}" --sampler ddpm --steps 100 --device cuda --repeats 5 \
+        --results "$out/tracing_sequential_ddpm100.json"
+    $PARDIFF bench tracing sequential --model lfw-32 --sampler ddpm --steps 1000 --device cuda --repeats 3 \
+        --results "$out/tracing_sequential_lfw32_ddpm1000.json"     # a small model: the host's share is largest
     $PARDIFF bench tracing parasolver "${church[@]}" --sampler ddim --steps 50 --subintervals 25 --precondition 5 \
         --window 25 --tol 0.005 --device cuda --repeats 5 --results "$out/tracing_parasolver_ddim50_1gpu.json"
     [ "$gpus" -ge 2 ] && mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \

@@ -145,8 +145,8 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
 def bench_tracing(cfg, repeats: int, results: str) -> int:
     """``pardiff bench tracing ALGO [run flags]``: the run's wall time with the trace file on and
     off, ``repeats`` times each, alternating (on, off, off, on, ...) in one job so drifts of the
-    machine fall on both. On a GPU, "on" also synchronises after every model evaluation (what
-    makes a compute event's end the GPU's end), "off" lets the host run ahead. The model is
+    machine fall on both. On a GPU, "on" times compute and host spans with CUDA events, resolved
+    without waiting for the GPU (trace/recorder.py), so both let the host run ahead. The model is
     loaded and warmed once, and one run is made and discarded before the timed ones; each run
     is a full ``runtime.run``, its wall time the algorithm's (as in --report)."""
     import dataclasses

@@ -77,13 +77,11 @@ class Context:
         t_model = t if isinstance(t, int) and not guided else t_host
         with self.trace.span("compute", "eps", line, step=step, iter=iter, t=int(t_host.max()),
                              t_min=int(t_host.min()), batch=x.shape[0]):
+            # no host sync: a traced GPU rank times this span with CUDA events (trace/recorder.py);
+            # an untraced one reports launch times as compute times (docs/performance.md)
             out = self.model.eps(x, t_model, labels if labels is None else labels.to(self.device, non_blocking=True))
             if guided:
                 out = out[rows:] + self.cfg.guidance * (out[:rows] - out[rows:])
-            if x.device.type == "cuda" and self.trace.writer is not None:
-                # so the traced event ends when the GPU is done; untraced runs let the host run
-                # ahead (their report's compute times are then launch times: docs/performance.md)
-                torch.cuda.synchronize(x.device)
         return out
 
     def host(self, label: str, line: str, step: int = -1, iter: int = -1):
@@ -185,12 +183,17 @@ def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device, warm: list[in
         rank_attrs = {"host": socket.gethostname(), "device": _device_name(device), "pid": os.getpid(),
                       "clock_offset_s": offset, "clock_rtt_s": rtt,
                       # the batch sizes evaluated before the clock started (replay prices the others' first use)
-                      "warm_batches": warm if device.type == "cuda" or comm.backend == "virtual" else []}
+                      "warm_batches": warm if device.type == "cuda" or comm.backend == "virtual" else [],
+                      # how compute and host rows were timed (traces/SCHEMA.md)
+                      "timing": ("virtual" if comm.backend == "virtual" else
+                                 "cuda-events" if device.type == "cuda" else "host")}
         writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
     if hasattr(comm, "make_recorder"):          # the simulator's virtual clocks
         comm.recorder = comm.make_recorder(writer, warm, batch=cfg.batch)
     else:
         comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
+        if writer is not None and device.type == "cuda":
+            comm.recorder.gpu_timing(device)
 
 
 def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:

@@ -53,3 +53,29 @@ def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
                if e["kind"] in ("send", "recv") and e["label"] in ("x_pred", "latent")]
     assert latents and {str(e["path"]) for e in latents} == {"pinned"}
     assert trace.attrs["backend"] == "mpi"
+
+
+def test_traced_gpu_run_is_timed_by_cuda_events(tmp_path):
+    """A traced GPU run times compute and host rows with CUDA events (no host sync per
+    evaluation): same sample as untraced, rows in start order, replay gives its wall time back."""
+    import json
+
+    from pardiff.sim.replay import retime
+    from pardiff.trace.reader import load_trace
+    args = ["sequential", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--sampler", "ddpm",
+            "--steps", 20, "--device", "cuda"]
+    pardiff(None, "run", *args, "--out", "off.npy", cwd=tmp_path)
+    pardiff(None, "run", *args, "--out", "on.npy", "--trace", "on.h5", "--report", "on.json", cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "off.npy"), np.load(tmp_path / "on.npy"))
+    trace = load_trace(tmp_path / "on.h5")
+    assert trace.rank_attrs[0]["timing"] == "cuda-events"
+    ev = trace.events[0]
+    compute = ev[ev["kind"] == "compute"]
+    assert len(compute) == 20 and (compute["t_end"] > compute["t_start"]).all()
+    assert (compute["t_ready"] <= compute["t_start"]).all()                # issued before the GPU ran it
+    assert (np.diff(ev["t_start"]) >= -1e-6).all()                         # GPU rows in start order
+    wall = json.loads((tmp_path / "on.json").read_text())["wall_s"]
+    gpu = float((compute["t_end"] - compute["t_start"]).sum())
+    assert 0.5 * wall < gpu <= wall * 1.01                                 # GPU time, not launch time
+    new = retime(trace)
+    assert max(new[0]["t_end"]) == pytest.approx(max(ev["t_end"]), rel=1e-6)

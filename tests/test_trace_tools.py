@@ -5,6 +5,7 @@ Times are multiples of U = 2**-10 s, so every sum below is exact in floating poi
 import json
 import os
 
+import numpy as np
 import pytest
 
 from pardiff.trace.export import to_chrome, write_chrome
@@ -235,3 +236,116 @@ def test_chrome_export(tmp_path, ping_pong):
     out = tmp_path / "pp.json"
     write_chrome(ping_pong, str(out))
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+
+
+# --- GPU-timed spans (CUDA events), on CPU with a fake GPU ---------------------------------------
+
+class FakeGPU:
+    """A stream that runs queued work in order: ``launch(seconds)`` queues a kernel; ``advance``
+    moves the device's clock (the GPU runs while the host goes on). Events complete when the
+    device passes them, and report their times like CUDA events (milliseconds between two)."""
+
+    def __init__(self, host):
+        self.host = host            # the host clock (a one-element list, seconds)
+        self.busy_until = 0.0       # when the queued work ends, on the host clock
+        self.syncs = 0
+
+    def launch(self, seconds):
+        self.busy_until = max(self.busy_until, self.host[0]) + seconds
+
+    def synchronize(self, device=None):
+        self.syncs += 1
+        self.host[0] = max(self.host[0], self.busy_until)
+
+    def event(self):
+        gpu = self
+
+        class Event:
+            at = None
+
+            def record(self):
+                self.at = max(gpu.busy_until, gpu.host[0])
+
+            def query(self):
+                return self.at <= gpu.host[0]
+
+            def synchronize(self):
+                gpu.host[0] = max(gpu.host[0], self.at)
+
+            def elapsed_time(self, other):
+                assert self.query() and other.query(), "a CUDA event read before the GPU passed it"
+                return (other.at - self.at) * 1e3
+        return Event()
+
+
+def gpu_recorder(writer=None):
+    host = [0.0]
+    rec = Recorder(0, writer, clock=lambda: host[0], epoch=0.0)
+    gpu = FakeGPU(host)
+    rec._event, rec._synchronize = gpu.event, gpu.synchronize
+    rec.gpu_timing("cuda:0")
+    return rec, gpu, host
+
+
+def test_gpu_spans_are_timed_by_events_without_waiting_for_the_gpu(tmp_path):
+    writer = PartWriter(str(tmp_path / "g.h5"), 0, dict(algorithm="sequential", world_size=1), {})
+    rec, gpu, host = gpu_recorder(writer)
+    syncs = gpu.syncs
+    for k in range(3):                  # each step: a 10 ms evaluation, then 1 ms of host launches
+        with rec.span("compute", "eps", "SEQ:eps", step=k, batch=1):
+            gpu.launch(0.010)
+        with rec.span("host", "step", "SEQ:step", step=k):
+            host[0] += 0.001            # the host issues the step's small kernels meanwhile
+            gpu.launch(0.0002)
+    assert gpu.syncs == syncs           # the host never waited: it is far ahead of the GPU
+    assert host[0] < 0.01 and len(rec._queue) == 6
+    rec.record("send", "latent", "X:1", host[0], host[0] + 1e-5, peer=1, tag=0, seq=0, nbytes=8, path="host")
+    assert len(rec._queue) == 7         # a host-timed row waits behind them, to keep the order
+    host[0] = gpu.busy_until            # the GPU finishes; the next record hands everything on
+    rec.record("host", "cpu-only", "X:2", host[0], host[0] + 1e-6)
+    assert not rec._queue and rec.count("compute", "eps") == 3
+    rec.close()
+    merge_parts(str(tmp_path / "g.h5"))
+    ev = load_trace(str(tmp_path / "g.h5")).events[0]
+    kinds = [k for k in ev["kind"]]
+    assert kinds == ["compute", "host"] * 3 + ["send", "host"]
+    compute = ev[ev["kind"] == "compute"]
+    assert np.allclose(compute["t_end"] - compute["t_start"], 0.010)          # GPU time, not launch time
+    assert np.allclose(np.diff(compute["t_start"]), 0.0102)                   # back to back on the GPU
+    assert (ev["t_ready"][:6] <= ev["t_start"][:6]).all()                     # issued before it ran
+    steps = ev[(ev["kind"] == "host") & (ev["label"] == "step")]
+    assert np.allclose(steps["t_end"] - steps["t_start"], 0.0002)
+    assert rec.waiting == 0.0          # t_ready of a GPU row is not a receive's waiting
+    assert rec.totals[("compute", "eps")][1] == pytest.approx(0.030)
+
+
+def test_gpu_rows_waiting_too_long_make_the_recorder_wait_once():
+    rec, gpu, host = gpu_recorder()
+    syncs = gpu.syncs
+    for k in range(300):               # more rows than RESOLVE_ROWS: one wait, then a fresh anchor
+        with rec.span("compute", "eps", "SEQ:eps", step=k, batch=1):
+            gpu.launch(0.001)
+    assert gpu.syncs == syncs + 2 and len(rec._queue) == 300 - 256
+    assert rec.totals[("compute", "eps")][0] == 256
+    rec.flush()
+    assert rec.totals[("compute", "eps")] == [300, pytest.approx(0.300), 0, 300]
+
+
+def test_replay_and_critical_path_keep_a_receive_that_overlapped_gpu_work(tmp_path):
+    """A CUDA-event trace: rank 1 receives (host) while its GPU still computes. Replay under the
+    recorded costs gives the recorded times back; the critical path does not count the overlap."""
+    from pardiff.sim.replay import retime
+    ranks = {
+        0: [("compute", "eps", 0, 10, dict(t=999, batch=1)),
+            ("send", "x", 10, 11, dict(peer=1, tag=1, seq=0, nbytes=8, path="pinned"))],
+        1: [("compute", "eps", 0, 20, dict(t=999, batch=1)),
+            ("recv", "x", 2, 12, dict(peer=0, tag=1, seq=0, nbytes=8, path="pinned", t_ready=11)),
+            ("compute", "eps", 20, 30, dict(t=998, batch=1))],
+    }
+    trace = write_trace(tmp_path / "o.h5", ranks)
+    new = retime(trace)
+    for r, ev in trace.events.items():
+        for field in ("t_start", "t_ready", "t_end"):
+            assert np.allclose(new[r][field], ev[field], atol=1e-12), (r, field)
+    path = summarize(trace)["critical_path"]
+    assert path["length_s"] == approx(30)          # rank 1's GPU: 20 + 10, the receive hidden under it

@@ -6,7 +6,9 @@ one operation. Replay walks that structure and gives every event a new start and
 rules the virtual Comm uses when it executes (comm/virtual.py), so replaying a simulated
 trace under its own network and profile reproduces it exactly:
 
-- the time between two events of a rank (untraced host work) is kept as recorded;
+- the time between an event of a rank and the latest end among its earlier events (untraced
+  host work) is kept as recorded, also when it is negative: on a GPU rank traced with CUDA
+  events the host can receive while the GPU still computes, and that overlap is kept;
 - ``compute``: the profile's time for its batch size (its first-evaluation time the first
   time the rank meets that size), or the recorded duration without a profile;
   ``host``: the recorded duration;
@@ -74,7 +76,8 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                 for i, e in enumerate(ev) if e["kind"] == "send"}
     waited = {r: {send_row[(r, int(e["peer"]), int(e["tag"]), int(e["seq"]))] for e in ev if e["kind"] == "wait"}
               for r, ev in old.items()}
-    prev_end = {r: 0.0 for r in old}           # recorded end of the rank's previous event
+    prev_end = {r: 0.0 for r in old}           # latest recorded end among the rank's events so far
+    last_start = {r: 0.0 for r in old}         # new start of the rank's previous event
     pos = {r: 0 for r in old}
     left = sum(len(ev) for ev in old.values())
     while left:
@@ -83,7 +86,8 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
             while pos[r] < len(ev):
                 i = pos[r]
                 row, kind = ev[i], ev["kind"][i]
-                start = clock[r] + max(0.0, float(row["t_start"]) - prev_end[r])
+                # never before the previous event's (new) start: rows keep their order
+                start = max(last_start[r], clock[r] + float(row["t_start"]) - prev_end[r])
                 ready = start
                 if kind == "recv":
                     send = send_of.get((r, i))
@@ -125,7 +129,8 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                 else:
                     end = start + float(row["t_end"] - row["t_start"])
                 new[r]["t_start"][i], new[r]["t_ready"][i], new[r]["t_end"][i] = start, ready, end
-                clock[r], prev_end[r] = end, float(row["t_end"])
+                clock[r], prev_end[r] = max(clock[r], end), max(prev_end[r], float(row["t_end"]))
+                last_start[r] = start
                 pos[r] += 1
                 left -= 1
                 progressed = True

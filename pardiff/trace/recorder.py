@@ -4,18 +4,33 @@ Every compute and every message goes through ``Recorder.record``; it keeps
 per-(kind, label) totals always (for reports) and writes rows when a trace file
 was asked for. The clock is pluggable: wall time aligned to rank 0 for real runs,
 a virtual clock for the simulator.
+
+On a GPU rank that writes a trace, ``compute`` and ``host`` spans are timed with CUDA
+events instead of the host clock (``Recorder.gpu_timing``): the span records an event
+on the stream before and after its work, and its row is resolved later, when the GPU
+has passed both, onto the same clock through an anchor (an event whose host time is
+known). So tracing never makes the host wait for the GPU, and a row's times are when
+the GPU ran the work; its ``t_ready`` is when the host issued it. Rows stay in the
+order they were recorded.
 """
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
+
+import torch
 
 from .format import EVENT_DTYPE
 
 _FIELDS = EVENT_DTYPE.names
 _DEFAULTS = dict(step=-1, iter=-1, t=-1, t_min=None, peer=-1, tag=-1, seq=-1, nbytes=0, batch=0,
                  path="", t_ready=None)
+
+
+GPU_TIMED = ("compute", "host")   # span kinds timed with CUDA events on a GPU rank
+RESOLVE_ROWS = 256                # GPU-timed rows waiting for their events before the recorder waits for the GPU
+RESOLVE_SECONDS = 1.0             # ... or the age of the oldest; each wait also re-anchors the GPU clock
 
 
 class Recorder:
@@ -26,17 +41,70 @@ class Recorder:
         self.epoch = epoch            # local clock reading that is t = 0 for every rank
         self.totals = defaultdict(lambda: [0, 0.0, 0, 0])   # (kind, label) -> [count, seconds, bytes, batch]
         self.waiting = 0.0            # seconds receives spent before their message was there
+        self.gpu = None               # the CUDA device whose spans are timed with events (gpu_timing)
+        self._queue = deque()         # rows in recorded order, from the first whose GPU events are pending
+        self._anchor = None           # (CUDA event, clock reading when the GPU passed it)
+        self._oldest = 0.0            # clock reading when the queue's first row was recorded
+        # the CUDA calls, replaceable by fakes in tests that have no GPU
+        self._event = lambda: torch.cuda.Event(enable_timing=True)
+        self._synchronize = torch.cuda.synchronize
 
     def now(self) -> float:
         return self.clock() - self.epoch
 
+    def gpu_timing(self, device: torch.device) -> None:
+        """Time this rank's compute and host spans with CUDA events on ``device`` (module doc)."""
+        self.gpu = device
+        self._reanchor()
+
+    def _reanchor(self) -> None:
+        self._synchronize(self.gpu)
+        event = self._event()
+        event.record()
+        event.synchronize()
+        self._anchor = (event, self.clock())
+
+    def _gpu_time(self, event) -> float:
+        anchor, at = self._anchor
+        return at + anchor.elapsed_time(event) / 1e3 - self.epoch
+
+    def _resolve(self, block: bool) -> None:
+        """Hand queued rows on in order, as far as their GPU events are done (all, if ``block``)."""
+        if block and self._queue:
+            self._synchronize(self.gpu)
+        while self._queue:
+            row = self._queue[0]
+            if row[0] == "gpu":
+                _, start, end, issued, kind, label, line, fields = row
+                if not (block or end.query()):
+                    break
+                t_start = max(self._gpu_time(start), issued)     # the anchor is good to a few µs
+                t_end = max(self._gpu_time(end), t_start)
+                row = (kind, label, line, t_start, t_end, dict(fields, t_ready=issued))
+            self._queue.popleft()
+            self._emit(*row)
+        if block:
+            self._reanchor()      # the clocks drift apart slowly: a fresh anchor at every wait
+
+    def flush(self) -> None:
+        """Wait for the GPU work of queued rows and hand them on (before totals are read)."""
+        if self._queue:
+            self._resolve(block=True)
+
     def record(self, kind: str, label: str, line: str, t_start: float, t_end: float, **fields) -> None:
+        if self._queue:       # behind rows whose GPU events are pending: keep the order
+            self._queue.append((kind, label, line, t_start, t_end, fields))
+            self._resolve(block=False)
+        else:
+            self._emit(kind, label, line, t_start, t_end, fields)
+
+    def _emit(self, kind: str, label: str, line: str, t_start: float, t_end: float, fields: dict) -> None:
         total = self.totals[(kind, label)]
         total[0] += 1
         total[1] += t_end - t_start
         total[2] += fields.get("nbytes", 0)
         total[3] += fields.get("batch", 0)
-        if fields.get("t_ready") is not None:
+        if kind == "recv" and fields.get("t_ready") is not None:
             self.waiting += fields["t_ready"] - t_start
         if self.writer is None:
             return
@@ -52,14 +120,29 @@ class Recorder:
 
     @contextmanager
     def span(self, kind: str, label: str, line: str, **fields):
-        """Record the enclosed block as one event."""
-        t_start = self.now()
+        """Record the enclosed block as one event (on a GPU-timed rank, its GPU work: module doc)."""
+        if self.gpu is None or kind not in GPU_TIMED:
+            t_start = self.now()
+            yield
+            self.record(kind, label, line, t_start, self.now(), **fields)
+            return
+        issued = self.now()
+        start = self._event()
+        start.record()
         yield
-        self.record(kind, label, line, t_start, self.now(), **fields)
+        end = self._event()
+        end.record()
+        if not self._queue:
+            self._oldest = self.clock()
+        self._queue.append(("gpu", start, end, issued, kind, label, line, fields))
+        waited_long = self.clock() - self._oldest > RESOLVE_SECONDS
+        self._resolve(block=len(self._queue) >= RESOLVE_ROWS or waited_long)
 
     def count(self, kind: str, label: str | None = None) -> int:
+        self.flush()
         return sum(v[0] for (k, l), v in self.totals.items() if k == kind and label in (None, l))
 
     def close(self) -> None:
+        self.flush()
         if self.writer is not None:
             self.writer.close()

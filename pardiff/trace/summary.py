@@ -88,6 +88,10 @@ def critical_path(trace: Trace) -> dict:
     """
     send_of = {recv: send for send, recv in trace.message_pairs()}
     ready = {r: ready_times(ev) for r, ev in trace.events.items()}
+    # a row counts from the latest end among its rank's earlier rows: on a GPU rank traced
+    # with CUDA events the host may receive while the GPU still computes (traces/SCHEMA.md)
+    begin = {r: np.maximum(ev["t_start"], np.maximum.accumulate(np.concatenate([[-np.inf], ev["t_end"][:-1]])))
+             for r, ev in trace.events.items()}
     best = {}                              # (rank, row) -> seconds per PATH_KINDS of the longest chain ending there
     pos = {r: 0 for r in trace.events}     # next row to visit on each rank
     left = sum(len(ev) for ev in trace.events.values())
@@ -101,8 +105,9 @@ def critical_path(trace: Trace) -> dict:
                     break                  # its sender has not got that far yet
                 chain = list(best.get((r, i - 1), (0.0,) * 4))
                 kind = ev["kind"][i]
-                chain[{"compute": 0, "host": 1}.get(kind, 2)] += ev["t_end"][i] - ready[r][i]
-                chain[3] += ready[r][i] - ev["t_start"][i]
+                own = max(ready[r][i], begin[r][i])
+                chain[{"compute": 0, "host": 1}.get(kind, 2)] += max(0.0, ev["t_end"][i] - own)
+                chain[3] += max(0.0, ready[r][i] - begin[r][i])
                 if send is not None:
                     s_rank, s_row = send
                     via = list(best[send])
