@@ -28,7 +28,8 @@ EVENT_DTYPE = np.dtype([
     ("batch", "<i4"),     # model batch size of a compute event, or 0
     ("path", "S12"),      # how a message moved: host (CPU buffer), staged (GPU via host), ...
     ("t_start", "<f8"),   # seconds since the run's common epoch
-    ("t_ready", "<f8"),   # recv: when the message was available (wait = t_ready - t_start)
+    ("t_ready", "<f8"),   # recv: when the message was available (wait = t_ready - t_start); a GPU row
+                          # timed with CUDA events: when the host issued it; else t_start
     ("t_end", "<f8"),
 ])
 
