@@ -7,8 +7,12 @@
    not depend on time, so a replay is exactly the run over that network.
 2. **ParaSolver's Table 5** — DDPM-1000, sequential vs ParaSolver vs ParaDiGMS on 1, 2, 4, 8
    GPUs of one H200 node, over NVLink (NCCL figures) and over today's host-staged MPI path.
+3. **SE2P on 2 GPUs vs sequential DDPM on 1** (issue 6's target ≤ 1.05×) — N = 10, 20, 100,
+   both exchanges (lines 9-10 as a round trip, or swapped), over each of ``--se2p-networks``
+   (names or FILE.json, e.g. a link estimated from measured pieces).
 
-Writes OUT/scaling.json, OUT/table5.md, OUT/networks.md and OUT/scaling_*.png.
+Writes OUT/scaling.json, OUT/table5.md, OUT/networks.md, OUT/se2p.md and OUT/scaling_*.png
+for the studies that ran.
 
     python3 launch/sim_scaling.py --out traces/results/<date>_sim_scaling
 """
@@ -37,6 +41,7 @@ TABLE5 = {
                    "--precondition", "10", "--window", "32", "--tol", "0.55"],
     "paradigms": ["paradigms", "--sampler", "ddpm", "--steps", "1000", "--window", "32", "--tol", "0.5"],
 }
+SE2P_STEPS = [10, 20, 100]
 PAPER_TABLE5 = {"parasolver": {1: 2.5, 2: 3.8, 4: 5.1, 8: 12.1}, "paradigms": {1: 1.4, 2: 2.1, 4: 3.3, 8: 4.6}}
 
 
@@ -55,10 +60,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--profile", default="h200", help="h200 (eager, default) | h200-graphs (CUDA graphs) | FILE.json")
-    ap.add_argument("--studies", default="networks,table5", help="networks, table5 or both (default)")
+    ap.add_argument("--studies", default="networks,table5", help="comma-separated: networks, table5, se2p "
+                                                                 "(default: networks,table5)")
+    ap.add_argument("--se2p-networks", default="nvlink,h200-mpi-staged",
+                    help="networks of the se2p study: names or FILE.json (default: nvlink,h200-mpi-staged)")
     args = ap.parse_args(argv)
     model = [args.profile if a == "h200" else a for a in MODEL]
     studies = args.studies.split(",")
+    unknown = set(studies) - {"networks", "table5", "se2p"}
+    if unknown:
+        ap.error(f"--studies: unknown {', '.join(sorted(unknown))} (networks, table5, se2p)")
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -86,22 +97,47 @@ def main(argv=None) -> int:
                                "sequential_s": seq, "speedup": seq / rep["wall_s"], "iterations": rep["iterations"],
                                "nfe": rep["nfe"], "paper_speedup": PAPER_TABLE5[alg][G]})
                 print(json.dumps(table5[-1]), flush=True)
+    se2p = []
+    for net in args.se2p_networks.split(",") if "se2p" in studies else []:
+        net = str(Path(net).resolve()) if net.endswith(".json") else net
+        for N in SE2P_STEPS:
+            seq = pardiff("sequential", "--sampler", "ddpm", "--steps", N, *model, "--ranks", 1, "--network", net,
+                          cwd=work)["wall_s"]
+            for exchange in ("roundtrip", "swap"):
+                rep = pardiff("se2p", "--steps", N, "--exchange", exchange, *model, "--ranks", 2, "--network", net,
+                              cwd=work)
+                se2p.append({"network": Path(net).stem if net.endswith(".json") else net, "steps": N,
+                             "exchange": exchange, "sequential_s": seq, "wall_s": rep["wall_s"],
+                             "ratio_to_sequential": rep["wall_s"] / seq})
+                print(json.dumps(se2p[-1]), flush=True)
     work.rmdir() if not any(work.iterdir()) else None
     meta = {"profile": f"{args.profile} (pardiff/sim/profiles), arch:ddpm-church-256 float16, stand-in", "date":
-            time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
-    (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5}, indent=1))
+            time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0, "studies": studies}
+    (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5, "se2p": se2p},
+                                                 indent=1))
+    if se2p:
+        lines = ["| network | N | exchange | sequential, 1 GPU (ms) | SE2P, 2 GPUs (ms) | ratio (target ≤ 1.05×) |",
+                 "|---|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['network']} | {r['steps']} | {r['exchange']} | {r['sequential_s'] * 1e3:.1f} "
+                  f"| {r['wall_s'] * 1e3:.1f} | {r['ratio_to_sequential']:.3f}× |" for r in se2p]
+        (out / "se2p.md").write_text("\n".join(lines) + "\n")
+        print((out / "se2p.md").read_text())
+    if "table5" not in studies and "networks" not in studies:
+        return 0
 
     lines = ["| network | method | GPUs | predicted wall (s) | speedup | paper (RTX 3090) | iterations | NFE |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['network']} | {r['algorithm']} | {r['gpus']} | {r['wall_s']:.3f} | {r['speedup']:.2f}× "
               f"| {r['paper_speedup']}× | {r['iterations']} | {r['nfe']} |" for r in table5]
-    (out / "table5.md").write_text("\n".join(lines) + "\n")
+    if table5:
+        (out / "table5.md").write_text("\n".join(lines) + "\n")
     lines = ["| study | ranks | " + " | ".join(NETWORKS) + " |", "|---|---|" + "---|" * len(NETWORKS)]
     for study in STUDIES if "networks" in studies else []:
         for P in STUDIES[study][1]:
             cells = {r["network"]: r["wall_s"] for r in rows if r["study"] == study and r["ranks"] == P}
             lines.append(f"| {study} | {P} | " + " | ".join(f"{cells[n] * 1e3:.1f}" for n in NETWORKS) + " |")
-    (out / "networks.md").write_text("wall time (ms) predicted\n\n" + "\n".join(lines) + "\n")
+    if rows:
+        (out / "networks.md").write_text("wall time (ms) predicted\n\n" + "\n".join(lines) + "\n")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -119,6 +155,9 @@ def main(argv=None) -> int:
         fig.tight_layout()
         fig.savefig(out / f"scaling_{study}.png", dpi=90)
         plt.close(fig)
+    if not table5:
+        print((out / "networks.md").read_text())
+        return 0
     fig, ax = plt.subplots(figsize=(6, 4))
     for net, style in (("nvlink", "-"), ("h200-mpi-staged", "--")):
         for alg in ("parasolver", "paradigms"):
@@ -134,7 +173,8 @@ def main(argv=None) -> int:
     fig.tight_layout()
     fig.savefig(out / "scaling_table5.png", dpi=90)
     print((out / "table5.md").read_text())
-    print((out / "networks.md").read_text())
+    if rows:
+        print((out / "networks.md").read_text())
     return 0
 
 
