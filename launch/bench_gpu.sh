@@ -31,6 +31,8 @@ if has model; then   # ε evaluation time per batch size, eager and from CUDA gr
         $PARDIFF bench model "${church[@]}" --batch 1,2,4,8,16,32 --cuda-graphs $g --repeats 20 \
             --out "$out/model_church_fp16_graphs-$g.json"
     done
+    $PARDIFF bench model "${church[@]}" --batch 1,2,4,8,16,32 --cuda-graphs on --compile on --repeats 20 \
+        --out "$out/model_church_fp16_graphs-on_compile-on.json"
 fi
 if has comm; then    # one-way message time per size and path
     sizes=8,1024,65536,786432,8388608
@@ -57,6 +59,8 @@ if has parallel; then  # parallel vs sequential, side by side, samples checked b
     gpu_list=1; [ "$gpus" -ge 2 ] && gpu_list=1,2
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256,lfw-32,gmm \
         --cases ddpm-1000,ddim-50,ddim-25,dpmsolver-25 --gpus $gpu_list --trace
+    $PYTHON "$here/bench_parallel.py" --out "$out/parallel-compiled" --models arch:ddpm-church-256,lfw-32 \
+        --cases ddpm-1000 --gpus $gpu_list --compile on --timeout 900 --trace
     [ "$gpus" -ge 2 ] && $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
         --cases se2p-10,se2p-20,se2p-100 --trace
 fi

@@ -91,6 +91,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per run")
     ap.add_argument("--trace", action="store_true", help="also record a trace of every run")
     ap.add_argument("--cuda-graphs", default="auto", help="auto | on | off, for every run (sequential included)")
+    ap.add_argument("--compile", default="off", help="off | on: torch.compile for every run of a diffusers "
+                                                     "network (sequential included; gmm has no network)")
     ap.add_argument("--transport", default="auto", help="auto | mpi | nccl | gloo")
     ap.add_argument("--agree-rms", type=float, default=0.05,
                     help="largest RMS difference from the sequential sample (on the [-1, 1] scale) for which "
@@ -112,6 +114,9 @@ def main() -> int:
             if model.startswith("arch:"):
                 common += ["--dtype", args.dtype]
             common += ["--cuda-graphs", args.cuda_graphs]
+            compiled = args.compile == "on" and not model.startswith("gmm")
+            if compiled:
+                common += ["--compile", "on"]
             rows = []
             plan = [("sequential", 1, {})]
             if "se2p" in case:
@@ -161,6 +166,7 @@ def main() -> int:
             result = {"model": model, "case": case_name, "sampler": case["sampler"], "steps": case["steps"],
                       "dtype": args.dtype if model.startswith("arch:") else "float64 (gmm)", "device": device,
                       "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cuda_graphs": args.cuda_graphs,
+                      "compile": "on" if compiled else "off",
                       "transport": args.transport, "rows": rows}
             name = tag if args.algorithms == "parasolver,paradigms" else f"{tag}_{args.algorithms.replace(',', '_')}"
             (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

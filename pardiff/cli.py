@@ -42,6 +42,9 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
     common.add_argument("--cuda-graphs", default=d.cuda_graphs,
                         help="auto (default: on for diffusers networks on a GPU) | on | off: replay the network "
                              "from CUDA graphs captured before the run")
+    common.add_argument("--compile", default=d.compile,
+                        help="off (default) | on: the network through torch.compile (TorchInductor kernels; "
+                             "a GPU and triton; compiled before the run, ~1 min per model; docs/performance.md)")
     common.add_argument("--transport", default=d.transport,
                         help="auto (default: nccl when every rank owns a GPU, else mpi) | mpi (CUDA-aware if the MPI "
                              "says so, else pinned host staging) | nccl | gloo (torch.distributed on the MPI ranks)")
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--repeats", type=int, default=10)
     bmodel.add_argument("--out", required=True, help="profile FILE.json")
     bmodel.add_argument("--cuda-graphs", default="off", help="off (default) | on: time replays of captured graphs")
+    bmodel.add_argument("--compile", default="off", help="off (default) | on: time the torch.compile'd network")
     bcomm = bsub.add_parser("comm", help="one-way message time between ranks 0 and 1 per size (run under mpiexec)")
     bcomm.add_argument("--sizes", default="8,1024,65536,786432,8388608",
                        help="comma-separated message sizes in bytes (default %(default)s)")
@@ -357,6 +361,14 @@ def _bench(args) -> int:
         return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
     if args.cuda_graphs not in ("on", "off"):
         return _flag_error("--cuda-graphs", f"on | off, got {args.cuda_graphs!r}")
+    if args.compile not in ("on", "off"):
+        return _flag_error("--compile", f"on | off, got {args.compile!r}")
+    if args.compile == "on":
+        from .runtime import compile_error
+        error = compile_error(model, torch.device(device))
+        if error:
+            return _flag_error("--compile", error)
+        model.enable_compile()
     if args.cuda_graphs == "on":
         if not hasattr(model, "enable_cuda_graphs") or device == "cpu":
             return _flag_error("--cuda-graphs", "on needs a diffusers network on a GPU")
@@ -366,7 +378,8 @@ def _bench(args) -> int:
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})"
     profile = Profile(args.model, args.dtype, name, batches, seconds, first, host, torch=torch.__version__,
                       threads=torch.get_num_threads(), repeats=args.repeats, date=time.strftime("%Y-%m-%d"),
-                      cuda_graphs=args.cuda_graphs)
+                      cuda_graphs=args.cuda_graphs, compile=args.compile,
+                      timing="queued, CUDA events" if device.startswith("cuda") else "host clock, one call at a time")
     write_json(args.out, profile.to_dict())
     for b, s, f, h in zip(batches, seconds, first, host):
         print(f"batch {b:4d}: {s * 1e3:9.3f} ms   first evaluation {f * 1e3:9.3f} ms   latent update {h * 1e3:7.3f} ms")

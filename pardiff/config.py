@@ -24,6 +24,7 @@ CLEAN_ESTIMATES = ("first", "last")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 CUDA_GRAPHS = ("auto", "on", "off")
+COMPILE = ("off", "on")
 TRANSPORTS = ("auto", "mpi", "nccl", "gloo")
 EXCHANGES = ("roundtrip", "swap")
 OUT_EXTENSIONS = (".npy", ".png")
@@ -48,6 +49,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     cuda_graphs: str = "auto"        # replay the network from CUDA graphs: auto = on for networks on a GPU
+    compile: str = "off"             # the network through torch.compile (TorchInductor kernels), on a GPU
     transport: str = "auto"          # how tensors move: auto = nccl when every rank owns a GPU, else mpi
     out: str | None = None
     trace: str | None = None
@@ -92,6 +94,7 @@ class RunConfig:
         _choice("--device", self.device, DEVICES)
         _choice("--dtype", self.dtype, DTYPES)
         _choice("--cuda-graphs", self.cuda_graphs, CUDA_GRAPHS)
+        _choice("--compile", self.compile, COMPILE)
         _choice("--transport", self.transport, TRANSPORTS)
         _choice("--exchange", self.exchange, EXCHANGES)
         if self.steps < 1:

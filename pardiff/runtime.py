@@ -215,6 +215,7 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
         model = loader(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
         cfg.validate_with_model(model, comm.size)
         coeffs = _load_coeffs(cfg, model)
+        _select_compile(cfg, comm, model, device)
         _select_cuda_graphs(cfg, comm, model, device)
         transport = select_transport(cfg, comm, device)
     except ConfigError as e:
@@ -275,6 +276,33 @@ def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
     if want == "gloo" and not (dist.is_available() and dist.is_gloo_available()):
         raise ConfigError("--transport", "this torch has no gloo backend")
     return want
+
+
+def compile_error(model, device: torch.device) -> str | None:
+    """Why ``model`` cannot go through torch.compile on ``device``, or None."""
+    if device.type != "cuda":
+        return "on needs a GPU (--device cuda)"
+    if not hasattr(model, "enable_compile"):
+        return f"only diffusers networks are compiled; {model.name!r} is not one"
+    try:
+        import triton  # noqa: F401  (TorchInductor writes its GPU kernels in triton)
+    except ImportError:
+        return "TorchInductor needs triton for GPU kernels, and this environment has none"
+    return None
+
+
+def _select_compile(cfg: RunConfig, comm: Comm, model, device: torch.device) -> None:
+    """--compile on: the network runs through torch.compile (models/hub.py); every batch size a
+    rank will evaluate is compiled in runtime.warm_up, before the clock. Before the CUDA graphs,
+    which then capture the compiled kernels."""
+    if cfg.compile != "on":
+        return
+    if comm.backend == "virtual":
+        raise ConfigError("--compile", "the simulator's ranks share one model in one process: use off")
+    error = compile_error(model, device)
+    if error:
+        raise ConfigError("--compile", error)
+    model.enable_compile()
 
 
 def _select_cuda_graphs(cfg: RunConfig, comm: Comm, model, device: torch.device) -> None:

@@ -180,6 +180,8 @@ def test_row_counts_by_hand():
     (["--transport", "nccl"], "--transport"),
     (["--transport", "carrier-pigeon"], "--transport"),
     (["--cuda-graphs", "on"], "--cuda-graphs"),
+    (["--compile", "on"], "--compile"),
+    (["--compile", "max"], "--compile"),
     (["--exchange", "both"], "--exchange"),
 ])
 def test_transport_and_graph_flag_errors(tmp_path, args, flag):

@@ -209,7 +209,8 @@ class DiffusersModel(EpsModel):
             text = torch.randn(1, TEXT_EMBEDDING_LENGTH, config.cross_attention_dim, generator=g)
             self.encoder_hidden_states = text.to(device=self.device, dtype=dtype)
 
-        self.graphs = None              # CudaGraphs once enable_cuda_graphs() was called
+        self.forward = self._network    # the forward pass: _network, or it compiled (enable_compile)
+        self.graphs = None              # CudaGraphs of self.forward once enable_cuda_graphs() was called
 
         # The VAE runs once per image, in float32 (as loaded): SD's VAE overflows in float16.
         self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
@@ -223,7 +224,7 @@ class DiffusersModel(EpsModel):
         with torch.inference_mode():
             sample = x.to(device=self.device, dtype=self.dtype)
             labels = self._labels(class_labels, B) if self.num_classes is not None else None
-            forward = self._network if self.graphs is None else self.graphs
+            forward = self.forward if self.graphs is None else self.graphs
             out = forward(sample, net_t, labels)
         # The first C channels are the prediction; the rest (if any) a learned variance.
         # copy=True outside inference mode: callers get an ordinary tensor they may update in place.
@@ -249,7 +250,18 @@ class DiffusersModel(EpsModel):
         """Replay the forward pass from CUDA graphs, one captured per input shape (models/graphs.py)."""
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a GPU, not {self.device}")
-        self.graphs = CudaGraphs(self._network, self.device)
+        self.graphs = CudaGraphs(self.forward, self.device)
+
+    def enable_compile(self) -> None:
+        """Run the forward pass through ``torch.compile`` (TorchInductor: fused kernels generated for
+        this network). Each input shape compiles on first use; from the second batch size on,
+        dynamo compiles once more with the batch dimension dynamic and reuses that for the rest.
+        The numbers differ from eager ones in the last bits (other kernels), like another GPU's."""
+        if self.device.type != "cuda":
+            raise ValueError(f"torch.compile is used on a GPU only, not {self.device}")
+        self.forward = torch.compile(self._network)
+        if self.graphs is not None:             # the graphs capture what runs: the compiled pass
+            self.graphs = CudaGraphs(self.forward, self.device)
 
     def _labels(self, class_labels, batch: int) -> torch.Tensor:
         """(B,) labels for DiT: -1 (unconditional) and None become the null class, num_classes."""
