@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, seeds
 from .comm.base import Comm
-from .config import ConfigError, RunConfig
+from .config import GRID_SAMPLERS, ConfigError, RunConfig
 from .io import save_samples, write_json
 from .models import EpsModel, load_model
 from .trace.recorder import Recorder
@@ -111,7 +111,7 @@ def abort_on_error(comm: Comm):
         sys.stderr.write(f"pardiff: rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
         try:
-            comm.recorder.close()      # keep the trace rows recorded so far
+            comm.recorder.close(wait_for_gpu=False)      # keep the trace rows recorded so far
         except Exception:
             pass
         if comm.size > 1:
@@ -236,7 +236,7 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
 
     with abort_on_error(comm):
         warm = warm_batches(cfg, comm.rank, comm.size)
-        warm_up(model, device, warm)
+        warm_up(model, device, warm, fractional=cfg.algorithm == "fit-iia" or cfg.sampler not in GRID_SAMPLERS)
         _start_trace(cfg, comm, device, warm)
         ctx = Context(cfg, comm, model, device, coeffs)
         comm._barrier()            # start together, so wall time measures the algorithm alone
@@ -337,16 +337,19 @@ def warm_batches(cfg: RunConfig, rank: int, size: int) -> list[int]:
     return sorted({b * factor for b in sizes})
 
 
-def warm_up(model, device: torch.device, batches: list[int]) -> None:
+def warm_up(model, device: torch.device, batches: list[int], fractional: bool = False) -> None:
     """On a GPU, untimed evaluations at each of ``batches`` (warm_batches): the CUDA context,
-    cuBLAS/cuDNN handles, kernel selection and CUDA graph capture happen here, not in the run."""
+    cuBLAS/cuDNN handles, kernel selection, compiling and CUDA graph capture happen here, not in
+    the run. ``fractional``: the sampler also evaluates at fractional timesteps (EDM's σ grid,
+    fit-iia's fine steps), which reach the network as floats: another input signature."""
     if device.type != "cuda":
         return
+    timesteps = [torch.tensor(model.schedule.T - 1)] + ([torch.tensor(model.schedule.T - 1.5)] if fractional else [])
     for b in batches:
         x = torch.zeros(b, *model.sample_shape, device=device)
-        t = torch.full((b,), model.schedule.T - 1, dtype=torch.long)
         labels = None if model.num_classes is None else torch.full((b,), -1, dtype=torch.long, device=device)
-        model.eps(x, t, labels)
+        for t in timesteps:
+            model.eps(x, t.repeat(b), labels)
     torch.cuda.synchronize(device)
 
 

@@ -325,7 +325,7 @@ def test_gpu_rows_waiting_too_long_make_the_recorder_wait_once():
     for k in range(300):               # more rows than RESOLVE_ROWS: one wait, then a fresh anchor
         with rec.span("compute", "eps", "SEQ:eps", step=k, batch=1):
             gpu.launch(0.001)
-    assert gpu.syncs == syncs + 2 and len(rec._queue) == 300 - 256
+    assert gpu.syncs == syncs + 1 and len(rec._queue) == 300 - 256
     assert rec.totals[("compute", "eps")][0] == 256
     rec.flush()
     assert rec.totals[("compute", "eps")] == [300, pytest.approx(0.300), 0, 300]
@@ -349,3 +349,46 @@ def test_replay_and_critical_path_keep_a_receive_that_overlapped_gpu_work(tmp_pa
             assert np.allclose(new[r][field], ev[field], atol=1e-12), (r, field)
     path = summarize(trace)["critical_path"]
     assert path["length_s"] == approx(30)          # rank 1's GPU: 20 + 10, the receive hidden under it
+
+
+def test_the_anchor_is_renewed_at_least_once_a_second_even_when_rows_resolve_by_themselves():
+    rec, gpu, host = gpu_recorder()
+    syncs = gpu.syncs
+    for k in range(30):                # 0.1 s steps: the GPU is done before the next span each time
+        with rec.span("compute", "eps", "SEQ:eps", step=k, batch=1):
+            gpu.launch(0.05)
+        host[0] += 0.1
+    assert gpu.syncs - syncs in (2, 3)             # one wait per second over 3 s, not one per row
+
+
+def test_a_failing_rank_keeps_its_finished_rows_without_waiting_for_the_gpu(tmp_path, capsys):
+    writer = PartWriter(str(tmp_path / "f.h5"), 0, dict(algorithm="sequential", world_size=1), {})
+    rec, gpu, host = gpu_recorder(writer)
+    with rec.span("compute", "eps", "SEQ:eps", step=0, batch=1):
+        gpu.launch(0.01)
+    host[0] = gpu.busy_until           # the first evaluation is done ...
+    with rec.span("compute", "eps", "SEQ:eps", step=1, batch=1):
+        gpu.launch(3600.0)             # ... the second never ends (a hung GPU)
+    syncs = gpu.syncs
+    rec.close(wait_for_gpu=False)
+    assert gpu.syncs == syncs and "1 trace rows dropped" in capsys.readouterr().err
+    merge_parts(str(tmp_path / "f.h5"))
+    assert len(load_trace(str(tmp_path / "f.h5")).events[0]) == 1
+
+
+def test_replay_does_not_send_before_the_gpu_made_the_data(tmp_path):
+    """The host issued the send early (it then waited for the GPU inside the send); under a
+    network model the message still leaves after the rank's earlier GPU rows."""
+    from pardiff.sim.network import Link, Network
+    from pardiff.sim.replay import retime
+    ranks = {
+        0: [("compute", "eps", 0, 100, dict(t=999, batch=1)),
+            ("host", "x_pred", 100, 104, {}),
+            ("send", "x_pred", 2, 105, dict(peer=1, tag=1, seq=0, nbytes=8, path="pinned"))],
+        1: [("recv", "x_pred", 0, 106, dict(peer=0, tag=1, seq=0, nbytes=8, path="pinned", t_ready=105))],
+    }
+    trace = write_trace(tmp_path / "s.h5", ranks)
+    net = Network("n", Link(U, 1e12), Link(U, 1e12), 8)
+    new = retime(trace, net)
+    assert new[0]["t_start"][2] == approx(104)
+    assert new[1]["t_ready"][0] == pytest.approx(105 * U, abs=1e-9)        # sent at 104, one U on the wire

@@ -8,7 +8,10 @@ trace under its own network and profile reproduces it exactly:
 
 - the time between an event of a rank and the latest end among its earlier events (untraced
   host work) is kept as recorded, also when it is negative: on a GPU rank traced with CUDA
-  events the host can receive while the GPU still computes, and that overlap is kept;
+  events the host can receive while the GPU still computes, and that overlap is kept; but a
+  send, collective or wait, and a receive into GPU memory over ``cuda-aware`` or ``nccl``,
+  never starts before the rank's earlier compute and host events end (their transports wait
+  for the GPU: the bytes must exist);
 - ``compute``: the profile's time for its batch size (its first-evaluation time the first
   time the rank meets that size), or the recorded duration without a profile;
   ``host``: the recorded duration;
@@ -34,6 +37,9 @@ from ..io import write_json
 from ..trace.reader import Trace, load_trace
 from ..trace.summary import summarize
 from ..trace.writer import write_trace
+
+
+GPU_WAITING = ("cuda-aware", "nccl")          # receive paths that wait for the GPU's earlier work
 
 
 class ReplayError(ValueError):
@@ -78,6 +84,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
               for r, ev in old.items()}
     prev_end = {r: 0.0 for r in old}           # latest recorded end among the rank's events so far
     last_start = {r: 0.0 for r in old}         # new start of the rank's previous event
+    gpu_end = {r: 0.0 for r in old}            # new end of the rank's latest compute / host event
     pos = {r: 0 for r in old}
     left = sum(len(ev) for ev in old.values())
     while left:
@@ -87,7 +94,9 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                 i = pos[r]
                 row, kind = ev[i], ev["kind"][i]
                 # never before the previous event's (new) start: rows keep their order
-                start = max(last_start[r], clock[r] + float(row["t_start"]) - prev_end[r])
+                start = max(last_start[r], clock[r] + (float(row["t_start"]) - prev_end[r]))
+                if kind in ("send", "collective", "wait") or (kind == "recv" and row["path"] in GPU_WAITING):
+                    start = max(start, gpu_end[r])
                 ready = start
                 if kind == "recv":
                     send = send_of.get((r, i))
@@ -130,6 +139,8 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                     end = start + float(row["t_end"] - row["t_start"])
                 new[r]["t_start"][i], new[r]["t_ready"][i], new[r]["t_end"][i] = start, ready, end
                 clock[r], prev_end[r] = max(clock[r], end), max(prev_end[r], float(row["t_end"]))
+                if kind in ("compute", "host"):
+                    gpu_end[r] = max(gpu_end[r], end)
                 last_start[r] = start
                 pos[r] += 1
                 left -= 1

@@ -9,9 +9,11 @@ On a GPU rank that writes a trace, ``compute`` and ``host`` spans are timed with
 events instead of the host clock (``Recorder.gpu_timing``): the span records an event
 on the stream before and after its work, and its row is resolved later, when the GPU
 has passed both, onto the same clock through an anchor (an event whose host time is
-known). So tracing never makes the host wait for the GPU, and a row's times are when
-the GPU ran the work; its ``t_ready`` is when the host issued it. Rows stay in the
-order they were recorded.
+known). So tracing never makes the host wait for the GPU, except once a second at most
+(or per 256 pending rows), to renew the anchor: the two clocks drift apart slowly, and
+CUDA reports event intervals in float32 milliseconds. A row's times are when the GPU ran
+the work; its ``t_ready`` is when the host issued it. Rows stay in the order they were
+recorded.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ _DEFAULTS = dict(step=-1, iter=-1, t=-1, t_min=None, peer=-1, tag=-1, seq=-1, nb
 
 GPU_TIMED = ("compute", "host")   # span kinds timed with CUDA events on a GPU rank
 RESOLVE_ROWS = 256                # GPU-timed rows waiting for their events before the recorder waits for the GPU
-RESOLVE_SECONDS = 1.0             # ... or the age of the oldest; each wait also re-anchors the GPU clock
+RESOLVE_SECONDS = 1.0             # ... or the age of the anchor; each wait renews the anchor
 
 
 class Recorder:
@@ -44,7 +46,6 @@ class Recorder:
         self.gpu = None               # the CUDA device whose spans are timed with events (gpu_timing)
         self._queue = deque()         # rows in recorded order, from the first whose GPU events are pending
         self._anchor = None           # (CUDA event, clock reading when the GPU passed it)
-        self._oldest = 0.0            # clock reading when the queue's first row was recorded
         # the CUDA calls, replaceable by fakes in tests that have no GPU
         self._event = lambda: torch.cuda.Event(enable_timing=True)
         self._synchronize = torch.cuda.synchronize
@@ -57,8 +58,9 @@ class Recorder:
         self.gpu = device
         self._reanchor()
 
-    def _reanchor(self) -> None:
-        self._synchronize(self.gpu)
+    def _reanchor(self, synchronized: bool = False) -> None:
+        if not synchronized:
+            self._synchronize(self.gpu)
         event = self._event()
         event.record()
         event.synchronize()
@@ -70,7 +72,7 @@ class Recorder:
 
     def _resolve(self, block: bool) -> None:
         """Hand queued rows on in order, as far as their GPU events are done (all, if ``block``)."""
-        if block and self._queue:
+        if block:
             self._synchronize(self.gpu)
         while self._queue:
             row = self._queue[0]
@@ -84,7 +86,7 @@ class Recorder:
             self._queue.popleft()
             self._emit(*row)
         if block:
-            self._reanchor()      # the clocks drift apart slowly: a fresh anchor at every wait
+            self._reanchor(synchronized=True)
 
     def flush(self) -> None:
         """Wait for the GPU work of queued rows and hand them on (before totals are read)."""
@@ -132,17 +134,27 @@ class Recorder:
         yield
         end = self._event()
         end.record()
-        if not self._queue:
-            self._oldest = self.clock()
         self._queue.append(("gpu", start, end, issued, kind, label, line, fields))
-        waited_long = self.clock() - self._oldest > RESOLVE_SECONDS
-        self._resolve(block=len(self._queue) >= RESOLVE_ROWS or waited_long)
+        anchor_age = self.clock() - self._anchor[1]
+        self._resolve(block=len(self._queue) >= RESOLVE_ROWS or anchor_age > RESOLVE_SECONDS)
 
     def count(self, kind: str, label: str | None = None) -> int:
         self.flush()
         return sum(v[0] for (k, l), v in self.totals.items() if k == kind and label in (None, l))
 
-    def close(self) -> None:
-        self.flush()
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, wait_for_gpu: bool = True) -> None:
+        """Hand on every row and close the part file. ``wait_for_gpu=False`` (a rank that failed:
+        its GPU may be broken or blocked) keeps only the rows whose GPU work is done."""
+        try:
+            if wait_for_gpu:
+                self.flush()
+            elif self._queue:
+                self._resolve(block=False)
+                if self._queue:
+                    import sys
+                    sys.stderr.write(f"pardiff: rank {self.rank}: {len(self._queue)} trace rows dropped "
+                                     "(their GPU work had not finished)\n")
+                    self._queue.clear()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
