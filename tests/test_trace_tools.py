@@ -392,3 +392,16 @@ def test_replay_does_not_send_before_the_gpu_made_the_data(tmp_path):
     new = retime(trace, net)
     assert new[0]["t_start"][2] == approx(104)
     assert new[1]["t_ready"][0] == pytest.approx(105 * U, abs=1e-9)        # sent at 104, one U on the wire
+
+
+def test_critical_path_stops_at_a_recv_that_ended_before_its_send_returned(tmp_path):
+    """A rendezvous send returns after its receiver already has the data: the path through the
+    message reaches the recv's end, so it does not also count the send's tail (never > wall)."""
+    ranks = {
+        0: [("compute", "eps", 0, 10, dict(t=999, batch=1)),
+            ("send", "x", 10, 20, dict(peer=1, tag=1, seq=0, nbytes=8, path="host"))],
+        1: [("recv", "x", 0, 12, dict(peer=0, tag=1, seq=0, nbytes=8, path="host", t_ready=11)),
+            ("compute", "eps", 12, 22, dict(t=998, batch=1))],
+    }
+    path = summarize(write_trace(tmp_path / "r.h5", ranks))["critical_path"]
+    assert path["length_s"] == approx(22) and path["end_rank"] == 1   # 10 compute, 2 comm, 10 compute

@@ -111,7 +111,11 @@ def critical_path(trace: Trace) -> dict:
                 if send is not None:
                     s_rank, s_row = send
                     via = list(best[send])
-                    via[2] += max(0.0, ev["t_end"][i] - max(ready[r][i], trace.events[s_rank]["t_end"][s_row]))
+                    send_end = trace.events[s_rank]["t_end"][s_row]
+                    via[2] += max(0.0, ev["t_end"][i] - max(ready[r][i], send_end))
+                    # a send that returned after its recv had ended (a rendezvous's last ack): the
+                    # path reaches the recv's end, not the send's; its tail is not on the path
+                    via[2] = max(0.0, via[2] - max(0.0, send_end - ev["t_end"][i]))
                     if sum(via) >= sum(chain) - TIE_S:   # on a tie the message is the cause of the wait
                         chain = via
                 best[(r, i)] = tuple(float(x) for x in chain)
