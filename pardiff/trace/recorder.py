@@ -17,6 +17,7 @@ recorded.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
@@ -151,7 +152,6 @@ class Recorder:
             elif self._queue:
                 self._resolve(block=False)
                 if self._queue:
-                    import sys
                     sys.stderr.write(f"pardiff: rank {self.rank}: {len(self._queue)} trace rows dropped "
                                      "(their GPU work had not finished)\n")
                     self._queue.clear()
