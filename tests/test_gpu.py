@@ -55,6 +55,35 @@ def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
     assert trace.attrs["backend"] == "mpi"
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL refuses two ranks on one)")
+def test_nccl_messages_are_stream_ordered_and_timed_on_the_gpu(tmp_path):
+    """SE2P over NCCL on two GPUs: the samples of the MPI (pinned) path, traced and untraced;
+    the NCCL rows are timed with CUDA events, in the stream's order on each rank, and replay under the
+    recorded costs gives the run's span back."""
+    from pardiff.sim.replay import retime
+    from pardiff.trace.reader import load_trace
+    args = ["se2p", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--steps", 10, "--device", "cuda",
+            "--exchange", "swap"]
+    pardiff(2, "run", *args, "--transport", "mpi", "--out", "mpi.npy", cwd=tmp_path)
+    pardiff(2, "run", *args, "--transport", "nccl", "--out", "nccl.npy", cwd=tmp_path)
+    pardiff(2, "run", *args, "--transport", "nccl", "--out", "traced.npy", "--trace", "t.h5", cwd=tmp_path)
+    mpi = np.load(tmp_path / "mpi.npy")
+    assert np.array_equal(np.load(tmp_path / "nccl.npy"), mpi)
+    assert np.array_equal(np.load(tmp_path / "traced.npy"), mpi)
+    trace = load_trace(tmp_path / "t.h5")
+    assert trace.attrs["backend"] == "nccl"
+    for r in trace.ranks:
+        ev = trace.events[r]
+        assert trace.rank_attrs[r]["timing"] == "cuda-events"
+        latents = ev[np.isin(ev["label"], ["x_pred", "latent"]) & np.isin(ev["kind"], ["send", "recv", "wait"])]
+        assert len(latents) and (latents["path"] == "nccl").all()
+        on_gpu = ev[np.isin(ev["kind"], ["compute", "host"]) | (ev["path"] == "nccl")]
+        assert (np.diff(on_gpu["t_start"]) >= -1e-6).all()           # the stream's order
+    new = retime(trace)
+    span = max(float(ev["t_end"].max()) for ev in trace.events.values())
+    assert max(float(ev["t_end"].max()) for ev in new.values()) == pytest.approx(span, rel=1e-3)
+
+
 def test_traced_gpu_run_is_timed_by_cuda_events(tmp_path):
     """A traced GPU run times compute and host rows with CUDA events (no host sync per
     evaluation): same sample as untraced, rows in start order, replay gives its wall time back."""

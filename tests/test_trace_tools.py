@@ -405,3 +405,55 @@ def test_critical_path_stops_at_a_recv_that_ended_before_its_send_returned(tmp_p
     }
     path = summarize(write_trace(tmp_path / "r.h5", ranks))["critical_path"]
     assert path["length_s"] == approx(22) and path["end_rank"] == 1   # 10 compute, 2 comm, 10 compute
+
+
+class StreamOrderedComm:
+    """Builds a Comm whose messages are work on the fake GPU's stream, as NCCL's are: posting
+    one queues the transfer (``transfer_s``) and returns; the host never waits for it."""
+
+    @staticmethod
+    def make(recorder, gpu, transfer_s):
+        from pardiff.comm.base import Comm
+
+        class _Comm(Comm):
+            def _stream_ordered(self, tensor):
+                return True
+
+            def _post_send(self, tensor, dest, tag, blocking):
+                gpu.launch(transfer_s)
+                return "nccl", tensor.numel() * tensor.element_size(), lambda: None
+
+            def _recv_into(self, out, source, tag):
+                gpu.launch(transfer_s)
+                return "nccl", out.numel() * out.element_size(), recorder.now()
+        return _Comm(0, 2, recorder)
+
+
+def test_stream_ordered_messages_are_timed_on_the_gpu_without_the_host_waiting(tmp_path):
+    """Compute, a send, a receive, an isend and its wait, compute: issued by the host in well
+    under the GPU's time, written with the times the GPU passed them, in order."""
+    import torch
+    writer = PartWriter(str(tmp_path / "n.h5"), 0, dict(algorithm="se2p", world_size=2), {})
+    rec, gpu, host = gpu_recorder(writer)
+    comm = StreamOrderedComm.make(rec, gpu, transfer_s=0.001)
+    x = torch.zeros(4)
+    syncs = gpu.syncs
+    with rec.span("compute", "eps", "SE2P-A1:15", step=1, batch=1):
+        gpu.launch(0.010)
+    comm.send(x, 1, label="x_pred", line="SE2P-A1:9", step=1)
+    comm.recv(x, 1, label="latent", line="SE2P-A1:10", step=1)
+    pending = comm.isend(x, 1, label="latent", line="SE2P-A1:10", step=0)
+    with rec.span("compute", "eps", "SE2P-A1:15", step=0, batch=1):
+        gpu.launch(0.010)
+    pending.wait()
+    assert gpu.syncs == syncs and host[0] < 0.001      # the host never waited for the GPU
+    rec.close()
+    merge_parts(str(tmp_path / "n.h5"))
+    ev = load_trace(str(tmp_path / "n.h5")).events[0]
+    assert [k for k in ev["kind"]] == ["compute", "send", "recv", "send", "compute", "wait"]
+    expected = [(0.0, 0.010), (0.010, 0.011), (0.011, 0.012), (0.012, 0.013), (0.013, 0.023), (0.023, 0.023)]
+    assert np.allclose(ev["t_start"], [s for s, _ in expected]) and np.allclose(ev["t_end"], [e for _, e in expected])
+    messages = ev[ev["kind"] != "compute"]
+    assert (messages["path"] == "nccl").all()
+    assert np.array_equal(messages["t_ready"], messages["t_start"])   # no probe: t_ready is the start
+    assert rec.waiting == 0.0

@@ -47,18 +47,19 @@ def device_bytes(tensor: torch.Tensor) -> torch.Tensor:
 class PendingSend:
     """A send in flight (``Comm.isend``); ``wait()`` completes it, traced as a ``wait`` event."""
 
-    def __init__(self, recorder, label, line, fields, finish):
+    def __init__(self, recorder, label, line, fields, finish, on_gpu: bool):
         self._recorder, self._label, self._line = recorder, label, line
-        self._fields, self._finish = fields, finish
+        self._fields, self._finish, self._on_gpu = fields, finish, on_gpu
         self.done = False
 
     def wait(self) -> None:
         if self.done:
             return
-        t_start = self._recorder.now()
+        start = self._recorder.mark(self._on_gpu)
         self._finish()
         self.done = True
-        self._recorder.record("wait", self._label, self._line, t_start, self._recorder.now(), **self._fields)
+        self._recorder.record_marks("wait", self._label, self._line, start, self._recorder.mark(self._on_gpu),
+                                    **self._fields)
 
 
 class Comm:
@@ -126,12 +127,13 @@ class Comm:
 
     def _send(self, tensor, dest, label, line, step, iter, blocking: bool) -> PendingSend | None:
         tag = tag_for(label)
-        t_start = self.recorder.now()
+        on_gpu = self._stream_ordered(tensor)
+        start = self.recorder.mark(on_gpu)
         path, nbytes, finish = self._post_send(tensor, dest, tag, blocking)
         fields = dict(step=step, iter=iter, peer=dest, tag=tag, seq=self._next_seq("send", dest, tag),
                       nbytes=nbytes, path=path)
-        self.recorder.record("send", label, line, t_start, self.recorder.now(), **fields)
-        return None if blocking else PendingSend(self.recorder, label, line, fields, finish)
+        self.recorder.record_marks("send", label, line, start, self.recorder.mark(on_gpu), **fields)
+        return None if blocking else PendingSend(self.recorder, label, line, fields, finish, on_gpu)
 
     def recv(self, out: torch.Tensor, source: int, *, label: str, line: str, step: int = -1,
              iter: int = -1) -> torch.Tensor:
@@ -139,12 +141,20 @@ class Comm:
         if not out.is_contiguous():
             raise ValueError("Comm needs contiguous tensors (call .contiguous() first)")
         tag = tag_for(label)
-        t_start = self.recorder.now()
+        on_gpu = self._stream_ordered(out)
+        start = self.recorder.mark(on_gpu)
         path, nbytes, t_ready = self._recv_into(out, source, tag)
-        self.recorder.record("recv", label, line, t_start, self.recorder.now(), t_ready=t_ready, step=step,
-                             iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
-                             nbytes=nbytes, path=path)
+        fields = dict(step=step, iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
+                      nbytes=nbytes, path=path)
+        if not on_gpu:
+            fields["t_ready"] = t_ready
+        self.recorder.record_marks("recv", label, line, start, self.recorder.mark(on_gpu), **fields)
         return out
+
+    def _stream_ordered(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor``'s messages are ordered on its GPU stream (NCCL), so the host does
+        not wait for them and a GPU-timed trace times them with CUDA events."""
+        return False
 
     # --- how a tensor moves (the ``path`` of its trace event) ---------------------------
     # host:       a CPU tensor, handed to the transport zero-copy

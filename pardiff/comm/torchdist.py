@@ -13,6 +13,14 @@ every algorithm's traces for the first):
   so a rank must receive a peer's GPU messages in the order the peer sent them;
 - there is no probe, so a receive's waiting and transfer are one span (its ``t_ready`` is
   its start) and the trace summary's waiting time is not separated for these messages.
+
+NCCL messages are ordered on the GPU stream like kernels: ``wait()`` makes the stream wait
+for the transfer, not the host, so a rank issues its next steps while a message is in
+flight and the GPU runs them as soon as the bytes are there (the issue's "no host syncs in
+the inner loop"). A traced GPU rank times them with CUDA events like its compute
+(trace/recorder.py): a row's start is when the stream reached the message (the data to
+send existed, or the receive could land), its end when the transfer was done. An untraced
+run's report then counts only the time to issue them, as for its compute.
 """
 from __future__ import annotations
 
@@ -65,33 +73,28 @@ class TorchDistComm(MPIComm):
                     self._dist.send(one, b)
                 elif self.rank == b:
                     self._dist.recv(one, a)
-        self._sync(one)
+        if one.is_cuda:
+            torch.cuda.synchronize(one.device)      # connected before any clock starts
 
-    def _sync(self, tensor: torch.Tensor) -> None:
-        """NCCL's wait() only orders the current stream after the transfer; the host waits
-        here so the message's trace event ends when the bytes have moved."""
-        if tensor.is_cuda:
-            torch.cuda.current_stream(tensor.device).synchronize()
+    def _stream_ordered(self, tensor: torch.Tensor) -> bool:
+        return tensor.is_cuda and self.dist_device == "cuda"
 
     def _post_send(self, tensor, dest, tag, blocking):
         if tensor.device.type != self.dist_device:
             return super()._post_send(tensor, dest, tag, blocking)
         data = tensor.contiguous()
+        # torch.distributed keeps ``data`` alive until wait(); after it the stream is ordered
+        # behind the transfer, so later kernels may overwrite or free the buffer
         work = self._dist.isend(data, dest, tag=tag)
-
-        def finish():
-            work.wait()
-            self._sync(data)
         if blocking:
-            finish()
-        return self.backend, data.numel() * data.element_size(), finish
+            work.wait()
+        return self.backend, data.numel() * data.element_size(), work.wait
 
     def _recv_into(self, out, source, tag):
         if out.device.type != self.dist_device:
             return super()._recv_into(out, source, tag)
         t_ready = self.recorder.now()
-        self._dist.irecv(out, source, tag=tag).wait()
-        self._sync(out)
+        self._dist.irecv(out, source, tag=tag).wait()    # on a GPU: the stream waits, not the host
         return self.backend, out.numel() * out.element_size(), t_ready
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ On a GPU rank that writes a trace, ``compute`` and ``host`` spans are timed with
 events instead of the host clock (``Recorder.gpu_timing``): the span records an event
 on the stream before and after its work, and its row is resolved later, when the GPU
 has passed both, onto the same clock through an anchor (an event whose host time is
-known). So tracing never makes the host wait for the GPU, except once a second at most
+known). So are messages whose transport is ordered on the stream (NCCL: ``mark`` and
+``record_marks``), which the host does not wait for either. So tracing never makes the host wait for the GPU, except once a second at most
 (or per 256 pending rows), to renew the anchor: the two clocks drift apart slowly, and
 CUDA reports event intervals in float32 milliseconds. A row's times are when the GPU ran
 the work; its ``t_ready`` is when the host issued it. Rows stay in the order they were
@@ -83,7 +84,9 @@ class Recorder:
                     break
                 t_start = max(self._gpu_time(start), issued)     # the anchor is good to a few µs
                 t_end = max(self._gpu_time(end), t_start)
-                row = (kind, label, line, t_start, t_end, dict(fields, t_ready=issued))
+                # a message's t_ready keeps its meaning (NCCL has no probe: its start)
+                row = (kind, label, line, t_start, t_end,
+                       dict(fields, t_ready=issued if kind in GPU_TIMED else t_start))
             self._queue.popleft()
             self._emit(*row)
         if block:
@@ -121,23 +124,34 @@ class Recorder:
             values[name] = values[name].encode()
         self.writer.append(tuple(values[name] for name in _FIELDS))
 
-    @contextmanager
-    def span(self, kind: str, label: str, line: str, **fields):
-        """Record the enclosed block as one event (on a GPU-timed rank, its GPU work: module doc)."""
-        if self.gpu is None or kind not in GPU_TIMED:
-            t_start = self.now()
-            yield
-            self.record(kind, label, line, t_start, self.now(), **fields)
+    def mark(self, on_gpu: bool = False):
+        """A point on this rank's time line, for ``record_marks``: the clock now, or with
+        ``on_gpu`` on a GPU-timed rank, (an event recorded now on the stream, the clock now)."""
+        if not (on_gpu and self.gpu is not None):
+            return self.now()
+        event = self._event()
+        event.record()
+        return event, self.now()
+
+    def record_marks(self, kind: str, label: str, line: str, start, end, **fields) -> None:
+        """Record an event between two ``mark``s: on the clock, or, for marks on the GPU, when
+        the GPU passed them (resolved later; the host does not wait)."""
+        if not isinstance(start, tuple):
+            self.record(kind, label, line, start, end, **fields)
             return
-        issued = self.now()
-        start = self._event()
-        start.record()
-        yield
-        end = self._event()
-        end.record()
-        self._queue.append(("gpu", start, end, issued, kind, label, line, fields))
+        (start_event, issued), (end_event, _) = start, end
+        self._queue.append(("gpu", start_event, end_event, issued, kind, label, line, fields))
         anchor_age = self.clock() - self._anchor[1]
         self._resolve(block=len(self._queue) >= RESOLVE_ROWS or anchor_age > RESOLVE_SECONDS)
+
+    @contextmanager
+    def span(self, kind: str, label: str, line: str, **fields):
+        """Record the enclosed block as one event (on a GPU-timed rank, compute and host spans
+        are its GPU work: module doc)."""
+        on_gpu = kind in GPU_TIMED
+        start = self.mark(on_gpu)
+        yield
+        self.record_marks(kind, label, line, start, self.mark(on_gpu), **fields)
 
     def count(self, kind: str, label: str | None = None) -> int:
         self.flush()
