@@ -39,6 +39,20 @@ def mu_pred(sched, x0_hat, x, t_hat, reading="ho", algorithm="A1"):
     return (math.sqrt(a_prev) * beta * x0_hat + x_coef * (1 - a_prev) * x) / math.sqrt(1 - a)
 
 
+def predictor(sched, x, v, t_hat, noise, rho: float, reading="ho", algorithm="A1"):
+    """x̂_pred (Alg. 1 lines 6-8 / Alg. 2 lines 7-9): x̂_0 from this proc's latent and its last
+    model output, the posterior mean one step down from t̂, and ρ-scaled posterior noise."""
+    a, a_prev = sched.alpha_bar(t_hat), sched.alpha_bar(t_hat - 1)
+    x0_hat = posterior.predict_x0(x, v, a, sched.clip)                                   # line 6
+    mu = mu_pred(sched, x0_hat, x, t_hat, reading, algorithm)                            # line 7
+    return mu + rho * math.sqrt(posterior.posterior_variance(a, a_prev)) * noise         # line 8
+
+
+def integrate(gamma: float, x, other):
+    """Line 9 (A2: 10): x^(p) = γ x^(p) + (1 − γ) · what Proc p−1 sent (x̂_pred, or its latent)."""
+    return gamma * x + (1 - gamma) * other
+
+
 def se2p(ctx) -> torch.Tensor | None:
     """SE2P, Algorithms 1 and 2 (Cisneros-Velarde 2025); returns the sample on rank 0."""
     cfg, comm, sched = ctx.cfg, ctx.comm, ctx.schedule
@@ -102,18 +116,15 @@ def _predict_and_hand_over(ctx, x, v, k, t_hat, line, alg):
         # §4.5 ablation: integrate the latents themselves, no predictor.
         outgoing, label = x, "latent"
     else:
-        with ctx.host("x_pred", line("x_pred"), step=k):
-            a, a_prev = sched.alpha_bar(t_hat), sched.alpha_bar(t_hat - 1)
-            x0_hat = posterior.predict_x0(x, v, a, sched.clip)                            # line 6
-            mu = mu_pred(sched, x0_hat, x, t_hat, cfg.mu_pred, alg)                   # line 7
-            eps = ctx.noise(seeds.PREDICTOR, k, p)                                    # line 8: own noise
-            x_pred = mu + cfg.rho * math.sqrt(posterior.posterior_variance(a, a_prev)) * eps
+        with ctx.host("x_pred", line("x_pred"), step=k):                              # lines 6-8
+            noise = ctx.noise(seeds.PREDICTOR, k, p)                                  # line 8: own noise
+            x_pred = predictor(sched, x, v, t_hat, noise, cfg.rho, cfg.mu_pred, alg)
         outgoing, label = x_pred, "x_pred"
         if cfg.integration == "predictor-tk1":
             # Fig. 27 variant: line 9 becomes x^(p) = γ x^(p-1) + (1-γ) x̂_pred; Proc p-1 holds
             # both terms, so it mixes them and sends the result.
             with ctx.host("integrate", line("integrate"), step=k):
-                outgoing, label = cfg.gamma * x + (1 - cfg.gamma) * x_pred, "latent"
+                outgoing, label = integrate(cfg.gamma, x, x_pred), "latent"
             if swap:                       # Proc p-1 already holds line 10's value: nothing comes back
                 comm.send(outgoing, p + 1, label=label, line=line("integrate"), step=k)
                 return outgoing
@@ -125,7 +136,7 @@ def _predict_and_hand_over(ctx, x, v, k, t_hat, line, alg):
     theirs = comm.recv(ctx.empty(), p + 1, label="latent", line=line("sync"), step=k)
     sending.wait()
     with ctx.host("integrate", line("integrate"), step=k):                            # line 9, as Proc p does it
-        return cfg.gamma * theirs + (1 - cfg.gamma) * outgoing
+        return integrate(cfg.gamma, theirs, outgoing)
 
 
 def _integrate(ctx, x, k, line):
@@ -143,7 +154,7 @@ def _integrate(ctx, x, k, line):
         if sending is not None:
             sending.wait()
         with ctx.host("integrate", line("integrate"), step=k):
-            x = cfg.gamma * x + (1 - cfg.gamma) * received
+            x = integrate(cfg.gamma, x, received)
     if cfg.exchange == "roundtrip":
         comm.send(x, p - 1, label="latent", line=line("sync"), step=k)
     return x
