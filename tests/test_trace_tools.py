@@ -457,3 +457,24 @@ def test_stream_ordered_messages_are_timed_on_the_gpu_without_the_host_waiting(t
     assert (messages["path"] == "nccl").all()
     assert np.array_equal(messages["t_ready"], messages["t_start"])   # no probe: t_ready is the start
     assert rec.waiting == 0.0
+
+
+def test_replay_sends_a_cpu_tensor_without_waiting_for_the_gpu(tmp_path):
+    """Proc 0's host sends the step's seed (a CPU tensor) while its GPU computes: under a network
+    model the seed still leaves then, and the receiver's next evaluation need not wait for the
+    sender's GPU; a GPU latent sent after the evaluation does wait for it."""
+    from pardiff.sim.network import Link, Network
+    from pardiff.sim.replay import retime
+    ranks = {
+        0: [("compute", "eps", 0, 100, dict(t=999, batch=1)),
+            ("send", "seed", 1, 2, dict(peer=1, tag=12, seq=0, nbytes=8, path="host")),
+            ("send", "latent", 100, 101, dict(peer=1, tag=10, seq=0, nbytes=8, path="nccl"))],
+        1: [("recv", "seed", 1, 3, dict(peer=0, tag=12, seq=0, nbytes=8, path="host", t_ready=2)),
+            ("compute", "eps", 3, 103, dict(t=998, batch=1)),
+            ("recv", "latent", 103, 104, dict(peer=0, tag=10, seq=0, nbytes=8, path="nccl", t_ready=103))],
+    }
+    trace = write_trace(tmp_path / "h.h5", ranks)
+    new = retime(trace, Network("n", Link(U, 1e12), Link(U, 1e12), 8))
+    assert new[0]["t_start"][1] == approx(1)         # the seed: where the host sent it
+    assert new[1]["t_start"][1] == pytest.approx(2 * U, abs=1e-9)   # when the seed came, not after rank 0's GPU
+    assert new[0]["t_start"][2] == approx(100)       # the latent: after the GPU made it

@@ -9,9 +9,10 @@ trace under its own network and profile reproduces it exactly:
 - the time between an event of a rank and the latest end among its earlier events (untraced
   host work) is kept as recorded, also when it is negative: on a GPU rank traced with CUDA
   events the host can receive while the GPU still computes, and that overlap is kept; but a
-  send, collective or wait, and a receive into GPU memory over ``cuda-aware`` or ``nccl``,
-  never starts before the rank's earlier compute and host events end (their transports wait
-  for the GPU: the bytes must exist);
+  send, collective or wait of GPU data, and a receive into GPU memory over ``cuda-aware`` or
+  ``nccl``, never starts before the rank's earlier compute and host events end (their
+  transports wait for the GPU: the bytes must exist); messages of CPU tensors (path ``host``)
+  keep their recorded place;
 - ``compute``: the profile's time for its batch size (its first-evaluation time the first
   time the rank meets that size), or the recorded duration without a profile;
   ``host``: the recorded duration;
@@ -40,6 +41,17 @@ from ..trace.writer import write_trace
 
 
 GPU_WAITING = ("cuda-aware", "nccl")          # receive paths that wait for the GPU's earlier work
+HOST_PATHS = ("host", "gloo", "")             # messages of CPU tensors: they need nothing from the GPU
+
+
+def waits_for_gpu(row) -> bool:
+    """Whether a trace row cannot start before its rank's earlier GPU work ends: a send, wait or
+    collective of GPU data (it needs the bytes), or a receive whose transport writes GPU memory
+    in stream order. Messages of CPU tensors (a seed, the stopping rule's residual) do not."""
+    kind, path = row["kind"], str(row["path"])
+    if kind == "recv":
+        return path in GPU_WAITING
+    return kind in ("send", "wait", "collective") and path not in HOST_PATHS
 
 
 class ReplayError(ValueError):
@@ -95,7 +107,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                 row, kind = ev[i], ev["kind"][i]
                 # never before the previous event's (new) start: rows keep their order
                 start = max(last_start[r], clock[r] + (float(row["t_start"]) - prev_end[r]))
-                if kind in ("send", "collective", "wait") or (kind == "recv" and row["path"] in GPU_WAITING):
+                if waits_for_gpu(row):
                     start = max(start, gpu_end[r])
                 ready = start
                 if kind == "recv":
