@@ -50,6 +50,11 @@ CASES = {
                          parasolver=dict(subintervals=25, precondition=5, window=25, tol=0.005),
                          paradigms=dict(window=25, tol=0.001)),
 }
+# ParaSolver's Table 3, iterations against the preconditioning steps M (DDPM-1000): the ddpm-1000
+# case at M = 2, 5, 10, 15, at its δ = 0.55 and at δ = 0.05 (`--algorithms parasolver`).
+CASES.update({f"ddpm-1000-m{m}-tol{tol:g}": dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"]["paradigms"],
+                                                 parasolver=dict(subintervals=100, precondition=m, window=32, tol=tol))
+              for m in (2, 5, 10, 15) for tol in (0.55, 0.05)})
 
 
 def run(cmd: list[str], timeout: float, log) -> tuple[int, float]:
