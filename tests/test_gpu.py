@@ -79,6 +79,12 @@ def test_nccl_messages_are_stream_ordered_and_timed_on_the_gpu(tmp_path):
         assert len(latents) and (latents["path"] == "nccl").all()
         on_gpu = ev[np.isin(ev["kind"], ["compute", "host"]) | (ev["path"] == "nccl")]
         assert (np.diff(on_gpu["t_start"]) >= -1e-6).all()           # the stream's order
+        # the host did not wait for the messages: some evaluation after a receive was issued
+        # before that receive's transfer ended on the GPU (a host wait per message forbids it)
+        issued_early = [e["t_ready"] < recv["t_end"] for i, recv in enumerate(ev)
+                        if recv["kind"] == "recv" and recv["path"] == "nccl"
+                        for e in ev[i + 1:][ev[i + 1:]["kind"] == "compute"][:1]]
+        assert issued_early and any(issued_early)
     new = retime(trace)
     span = max(float(ev["t_end"].max()) for ev in trace.events.values())
     assert max(float(ev["t_end"].max()) for ev in new.values()) == pytest.approx(span, rel=1e-3)

@@ -24,14 +24,16 @@ def approx(units):
     return pytest.approx(units * U, abs=1e-12)
 
 
-def write_trace(path, ranks, merge=True, algorithm="se2p"):
-    """ranks: {rank: [(kind, label, start, end, fields), ...]} with times in units of U."""
+def write_trace(path, ranks, merge=True, algorithm="se2p", timing=None):
+    """ranks: {rank: [(kind, label, start, end, fields), ...]} with times in units of U;
+    ``timing``: the ranks' timing attribute (``cuda-events``: rows as a GPU rank records them)."""
     root = dict(algorithm=algorithm, world_size=len(ranks), clock="virtual", backend="virtual",
                 params={"steps": 2, "model": "gmm", "schedule": {"name": "linear", "T": 1000}},
                 versions={"pardiff": "0.1.0"}, epoch_unix=1.7e9)
     for r, rows in ranks.items():
         writer = PartWriter(str(path), r, root, dict(host=f"node{r}", device=f"cuda:{r}",
-                                                     clock_offset_s=0.0, clock_rtt_s=0.0))
+                                                     clock_offset_s=0.0, clock_rtt_s=0.0,
+                                                     **({"timing": timing} if timing else {})))
         rec = Recorder(r, writer=writer)
         for kind, label, start, end, fields in rows:
             if "t_ready" in fields:
@@ -407,35 +409,47 @@ def test_critical_path_stops_at_a_recv_that_ended_before_its_send_returned(tmp_p
     assert path["length_s"] == approx(22) and path["end_rank"] == 1   # 10 compute, 2 comm, 10 compute
 
 
-class StreamOrderedComm:
-    """Builds a Comm whose messages are work on the fake GPU's stream, as NCCL's are: posting
-    one queues the transfer (``transfer_s``) and returns; the host never waits for it."""
+class FakeNCCL:
+    """A Comm whose GPU messages behave like NCCL's on the fake GPU: a message waits for the work
+    queued before it, moves on a stream of its own (``transfer_s``), and ``wait()`` (a blocking
+    send or receive, or a pending send's wait) makes the compute stream wait for it; the host
+    never waits."""
 
     @staticmethod
     def make(recorder, gpu, transfer_s):
         from pardiff.comm.base import Comm
+
+        def post():
+            done = max(gpu.busy_until, gpu.host[0]) + transfer_s      # on NCCL's stream
+
+            def wait():
+                gpu.busy_until = max(gpu.busy_until, done)
+            return wait
 
         class _Comm(Comm):
             def _stream_ordered(self, tensor):
                 return True
 
             def _post_send(self, tensor, dest, tag, blocking):
-                gpu.launch(transfer_s)
-                return "nccl", tensor.numel() * tensor.element_size(), lambda: None
+                wait = post()
+                if blocking:
+                    wait()
+                return "nccl", tensor.numel() * tensor.element_size(), wait
 
             def _recv_into(self, out, source, tag):
-                gpu.launch(transfer_s)
+                post()()
                 return "nccl", out.numel() * out.element_size(), recorder.now()
         return _Comm(0, 2, recorder)
 
 
 def test_stream_ordered_messages_are_timed_on_the_gpu_without_the_host_waiting(tmp_path):
-    """Compute, a send, a receive, an isend and its wait, compute: issued by the host in well
-    under the GPU's time, written with the times the GPU passed them, in order."""
+    """Compute, a send, a receive, an isend, compute, the isend's wait: issued by the host in well
+    under the GPU's time, written with the times the GPU passed them, in order; the isend's
+    transfer overlaps the compute after it."""
     import torch
     writer = PartWriter(str(tmp_path / "n.h5"), 0, dict(algorithm="se2p", world_size=2), {})
     rec, gpu, host = gpu_recorder(writer)
-    comm = StreamOrderedComm.make(rec, gpu, transfer_s=0.001)
+    comm = FakeNCCL.make(rec, gpu, transfer_s=0.001)
     x = torch.zeros(4)
     syncs = gpu.syncs
     with rec.span("compute", "eps", "SE2P-A1:15", step=1, batch=1):
@@ -451,12 +465,25 @@ def test_stream_ordered_messages_are_timed_on_the_gpu_without_the_host_waiting(t
     merge_parts(str(tmp_path / "n.h5"))
     ev = load_trace(str(tmp_path / "n.h5")).events[0]
     assert [k for k in ev["kind"]] == ["compute", "send", "recv", "send", "compute", "wait"]
-    expected = [(0.0, 0.010), (0.010, 0.011), (0.011, 0.012), (0.012, 0.013), (0.013, 0.023), (0.023, 0.023)]
+    # the isend posts at 12 ms and its transfer (12-13 ms) runs under the compute (12-22 ms)
+    expected = [(0.0, 0.010), (0.010, 0.011), (0.011, 0.012), (0.012, 0.012), (0.012, 0.022), (0.022, 0.022)]
     assert np.allclose(ev["t_start"], [s for s, _ in expected]) and np.allclose(ev["t_end"], [e for _, e in expected])
     messages = ev[ev["kind"] != "compute"]
     assert (messages["path"] == "nccl").all()
     assert np.array_equal(messages["t_ready"], messages["t_start"])   # no probe: t_ready is the start
     assert rec.waiting == 0.0
+
+
+def test_a_failing_rank_keeps_host_timed_rows_queued_behind_unfinished_gpu_work(tmp_path, capsys):
+    writer = PartWriter(str(tmp_path / "h.h5"), 0, dict(algorithm="se2p", world_size=2), {})
+    rec, gpu, host = gpu_recorder(writer)
+    with rec.span("compute", "eps", "SE2P-A1:15", step=0, batch=1):
+        gpu.launch(3600.0)             # never ends
+    rec.record("send", "seed", "SE2P-A1:12", 0.001, 0.002, peer=1, tag=12, seq=0, nbytes=8, path="host")
+    rec.close(wait_for_gpu=False)
+    assert "1 trace rows dropped" in capsys.readouterr().err
+    merge_parts(str(tmp_path / "h.h5"))
+    assert [k for k in load_trace(str(tmp_path / "h.h5")).events[0]["kind"]] == ["send"]
 
 
 def test_replay_sends_a_cpu_tensor_without_waiting_for_the_gpu(tmp_path):
@@ -478,3 +505,39 @@ def test_replay_sends_a_cpu_tensor_without_waiting_for_the_gpu(tmp_path):
     assert new[0]["t_start"][1] == approx(1)         # the seed: where the host sent it
     assert new[1]["t_start"][1] == pytest.approx(2 * U, abs=1e-9)   # when the seed came, not after rank 0's GPU
     assert new[0]["t_start"][2] == approx(100)       # the latent: after the GPU made it
+
+
+def test_replay_keeps_a_host_message_sent_while_the_gpu_is_several_rows_behind(tmp_path):
+    """The host has issued two evaluations (0-100, 100-200 on the GPU) when it sends the seed at
+    2: replay keeps the seed at 2, and rank 1 computes when it came, under recorded costs and
+    under a network model."""
+    from pardiff.sim.network import Link, Network
+    from pardiff.sim.replay import retime
+    ranks = {
+        0: [("compute", "eps", 0, 100, dict(t=999, batch=1)),
+            ("compute", "eps", 100, 200, dict(t=998, batch=1)),
+            ("send", "seed", 2, 3, dict(peer=1, tag=12, seq=0, nbytes=8, path="host"))],
+        1: [("recv", "seed", 1, 4, dict(peer=0, tag=12, seq=0, nbytes=8, path="host", t_ready=3)),
+            ("compute", "eps", 4, 104, dict(t=999, batch=1))],
+    }
+    trace = write_trace(tmp_path / "a.h5", ranks, timing="cuda-events")
+    for network in (None, Network("n", Link(U, 1e12), Link(U, 1e12), 8)):
+        new = retime(trace, network)
+        assert new[0]["t_start"][2] == approx(2), network
+        assert new[1]["t_start"][1] < 5 * U, network
+
+
+def test_replay_under_recorded_costs_counts_an_nccl_receives_wait_once(tmp_path):
+    """An NCCL recv has no probe (t_ready = t_start): posted at 10, it waited for a send that began
+    at 25 and ended at 30. Replayed under its recorded costs it ends at 30 again, not 45."""
+    from pardiff.sim.replay import retime
+    ranks = {
+        0: [("compute", "eps", 0, 25, dict(t=999, batch=1)),
+            ("send", "latent", 25, 30, dict(peer=1, tag=10, seq=0, nbytes=8, path="nccl"))],
+        1: [("compute", "eps", 0, 10, dict(t=999, batch=1)),
+            ("recv", "latent", 10, 30, dict(peer=0, tag=10, seq=0, nbytes=8, path="nccl", t_ready=10))],
+    }
+    trace = write_trace(tmp_path / "w.h5", ranks, timing="cuda-events")
+    new = retime(trace)
+    for r, ev in trace.events.items():
+        assert np.allclose(new[r]["t_end"], ev["t_end"], atol=1e-12), r

@@ -83,8 +83,9 @@ class TorchDistComm(MPIComm):
         if tensor.device.type != self.dist_device:
             return super()._post_send(tensor, dest, tag, blocking)
         data = tensor.contiguous()
-        # torch.distributed keeps ``data`` alive until wait(); after it the stream is ordered
-        # behind the transfer, so later kernels may overwrite or free the buffer
+        # torch.distributed keeps ``data`` alive until the transfer is done (the work holds it and
+        # records it on NCCL's stream); after wait() the stream is ordered behind the transfer, so
+        # later kernels may overwrite the buffer
         work = self._dist.isend(data, dest, tag=tag)
         if blocking:
             work.wait()

@@ -41,17 +41,26 @@ from ..trace.writer import write_trace
 
 
 GPU_WAITING = ("cuda-aware", "nccl")          # receive paths that wait for the GPU's earlier work
-HOST_PATHS = ("host", "gloo", "")             # messages of CPU tensors: they need nothing from the GPU
+HOST_PATHS = ("host", "gloo")                 # messages of CPU tensors: they need nothing from the GPU
+NO_PROBE = ("nccl", "gloo")                   # receives whose t_ready is their start (no probe)
 
 
 def waits_for_gpu(row) -> bool:
     """Whether a trace row cannot start before its rank's earlier GPU work ends: a send, wait or
     collective of GPU data (it needs the bytes), or a receive whose transport writes GPU memory
-    in stream order. Messages of CPU tensors (a seed, the stopping rule's residual) do not."""
+    in stream order. Messages of CPU tensors (a seed, the stopping rule's residual) and barriers
+    do not."""
     kind, path = row["kind"], str(row["path"])
     if kind == "recv":
         return path in GPU_WAITING
+    if kind == "collective" and path == "":
+        return False                                  # a barrier moves no data
     return kind in ("send", "wait", "collective") and path not in HOST_PATHS
+
+
+def on_gpu_clock(row, timing: str) -> bool:
+    """Whether the row was timed on the GPU's stream (CUDA events) rather than the host clock."""
+    return timing == "cuda-events" and (row["kind"] in ("compute", "host") or str(row["path"]) == "nccl")
 
 
 class ReplayError(ValueError):
@@ -95,7 +104,19 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
     waited = {r: {send_row[(r, int(e["peer"]), int(e["tag"]), int(e["seq"]))] for e in ev if e["kind"] == "wait"}
               for r, ev in old.items()}
     prev_end = {r: 0.0 for r in old}           # latest recorded end among the rank's events so far
-    last_start = {r: 0.0 for r in old}         # new start of the rank's previous event
+    # new start of the rank's previous event on the same clock: a GPU-timed rank's rows are in
+    # order on the stream and, apart, on the host, but the host runs ahead of the stream
+    last_start = {(r, gpu): 0.0 for r in old for gpu in (False, True)}
+    timing = {r: str(trace.rank_attrs.get(r, {}).get("timing", "")) for r in old}
+
+    def ready_at(r, i) -> float:
+        """When a recorded recv's message was there: its t_ready, or for a receive without a
+        probe (its t_ready is its start) no earlier than its send began."""
+        row = old[r][i]
+        if str(row["path"]) not in NO_PROBE or (r, i) not in send_of:
+            return float(row["t_ready"])
+        s_rank, s_row = send_of[(r, i)]
+        return max(float(row["t_start"]), float(old[s_rank]["t_start"][s_row]))
     gpu_end = {r: 0.0 for r in old}            # new end of the rank's latest compute / host event
     pos = {r: 0 for r in old}
     left = sum(len(ev) for ev in old.values())
@@ -105,8 +126,9 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
             while pos[r] < len(ev):
                 i = pos[r]
                 row, kind = ev[i], ev["kind"][i]
-                # never before the previous event's (new) start: rows keep their order
-                start = max(last_start[r], clock[r] + (float(row["t_start"]) - prev_end[r]))
+                line = (r, on_gpu_clock(row, timing[r]))
+                # never before the previous event's (new) start on the same clock: rows keep their order
+                start = max(last_start[line], clock[r] + (float(row["t_start"]) - prev_end[r]))
                 if waits_for_gpu(row):
                     start = max(start, gpu_end[r])
                 ready = start
@@ -118,7 +140,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                     if send not in arrival:
                         break                                      # its sender has not got there yet
                     ready = max(start, arrival[send])
-                    end = ready + (0.0 if network else float(row["t_end"] - max(row["t_ready"], row["t_start"])))
+                    end = ready + (0.0 if network else float(row["t_end"]) - max(ready_at(r, i), float(row["t_start"])))
                 elif kind == "collective":
                     k = n_coll[r]
                     entries[k].setdefault(r, start)
@@ -143,7 +165,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                         recv = recv_of.get((r, i))
                         latency = 0.0
                         if recv is not None:
-                            latency = max(0.0, float(old[recv[0]]["t_ready"][recv[1]] - row["t_start"]))
+                            latency = max(0.0, ready_at(*recv) - float(row["t_start"]))
                         arrival[(r, i)] = start + latency
                 elif kind == "compute" and profile is not None:
                     end = start + profile.charge(seen[r], int(row["batch"]))
@@ -153,7 +175,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                 clock[r], prev_end[r] = max(clock[r], end), max(prev_end[r], float(row["t_end"]))
                 if kind in ("compute", "host"):
                     gpu_end[r] = max(gpu_end[r], end)
-                last_start[r] = start
+                last_start[line] = start
                 pos[r] += 1
                 left -= 1
                 progressed = True

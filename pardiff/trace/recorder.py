@@ -129,9 +129,10 @@ class Recorder:
         ``on_gpu`` on a GPU-timed rank, (an event recorded now on the stream, the clock now)."""
         if not (on_gpu and self.gpu is not None):
             return self.now()
+        issued = self.now()
         event = self._event()
         event.record()
-        return event, self.now()
+        return event, issued
 
     def record_marks(self, kind: str, label: str, line: str, start, end, **fields) -> None:
         """Record an event between two ``mark``s: on the clock, or, for marks on the GPU, when
@@ -165,10 +166,16 @@ class Recorder:
                 self.flush()
             elif self._queue:
                 self._resolve(block=False)
-                if self._queue:
-                    sys.stderr.write(f"pardiff: rank {self.rank}: {len(self._queue)} trace rows dropped "
+                dropped = 0
+                for row in self._queue:     # keep the host-timed rows (done), drop unfinished GPU work
+                    if row[0] == "gpu":
+                        dropped += 1
+                    else:
+                        self._emit(*row)
+                self._queue.clear()
+                if dropped:
+                    sys.stderr.write(f"pardiff: rank {self.rank}: {dropped} trace rows dropped "
                                      "(their GPU work had not finished)\n")
-                    self._queue.clear()
         finally:
             if self.writer is not None:
                 self.writer.close()
