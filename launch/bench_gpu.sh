@@ -33,6 +33,9 @@ if has model; then   # ε evaluation time per batch size, eager and from CUDA gr
     done
     $PARDIFF bench model "${church[@]}" --batch 1,2,4,8,16,32 --cuda-graphs on --compile on --repeats 20 \
         --out "$out/model_church_fp16_graphs-on_compile-on.json"
+    # what SE2P's own latent updates add to a step, host ahead or waiting (one GPU)
+    $PYTHON "$here/probe_se2p_step.py" "$out/se2p_step_graphs.json"
+    $PYTHON "$here/probe_se2p_step.py" "$out/se2p_step_compiled.json" --compile on
 fi
 if has comm; then    # one-way message time per size and path
     sizes=8,1024,65536,786432,8388608
