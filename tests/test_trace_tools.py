@@ -541,3 +541,17 @@ def test_replay_under_recorded_costs_counts_an_nccl_receives_wait_once(tmp_path)
     new = retime(trace)
     for r, ev in trace.events.items():
         assert np.allclose(new[r]["t_end"], ev["t_end"], atol=1e-12), r
+
+
+def test_an_nccl_receive_waits_until_its_send_began(tmp_path):
+    """A receive without a probe (t_ready = t_start) posted at 10 whose send began at 25: the
+    summary counts 15 waiting and 5 transfer, not 20 transfer."""
+    ranks = {
+        0: [("compute", "eps", 0, 25, dict(t=999, batch=1)),
+            ("send", "latent", 25, 30, dict(peer=1, tag=10, seq=0, nbytes=8, path="nccl"))],
+        1: [("compute", "eps", 0, 10, dict(t=999, batch=1)),
+            ("recv", "latent", 10, 30, dict(peer=0, tag=10, seq=0, nbytes=8, path="nccl", t_ready=10))],
+    }
+    s = summarize(write_trace(tmp_path / "n.h5", ranks, timing="cuda-events"))
+    assert s["ranks"][1]["wait_s"] == approx(15) and s["ranks"][1]["comm_s"] == approx(5)
+    assert s["critical_path"]["length_s"] == approx(30)

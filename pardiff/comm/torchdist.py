@@ -12,7 +12,7 @@ every algorithm's traces for the first):
 - NCCL ignores tags: messages between two ranks are matched in the order they were sent,
   so a rank must receive a peer's GPU messages in the order the peer sent them;
 - there is no probe, so a receive's waiting and transfer are one span (its ``t_ready`` is
-  its start) and the trace summary's waiting time is not separated for these messages.
+  its start); the trace tools split it where its send began (trace/summary.py ready_times).
 
 NCCL messages are ordered on the GPU stream like kernels: ``wait()`` makes the stream wait
 for the transfer, not the host, so a rank issues its next steps while a message is in

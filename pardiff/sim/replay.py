@@ -36,13 +36,12 @@ import numpy as np
 
 from ..io import write_json
 from ..trace.reader import Trace, load_trace
-from ..trace.summary import summarize
+from ..trace.summary import ready_times, summarize
 from ..trace.writer import write_trace
 
 
 GPU_WAITING = ("cuda-aware", "nccl")          # receive paths that wait for the GPU's earlier work
 HOST_PATHS = ("host", "gloo")                 # messages of CPU tensors: they need nothing from the GPU
-NO_PROBE = ("nccl", "gloo")                   # receives whose t_ready is their start (no probe)
 
 
 def waits_for_gpu(row) -> bool:
@@ -108,15 +107,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
     # order on the stream and, apart, on the host, but the host runs ahead of the stream
     last_start = {(r, gpu): 0.0 for r in old for gpu in (False, True)}
     timing = {r: str(trace.rank_attrs.get(r, {}).get("timing", "")) for r in old}
-
-    def ready_at(r, i) -> float:
-        """When a recorded recv's message was there: its t_ready, or for a receive without a
-        probe (its t_ready is its start) no earlier than its send began."""
-        row = old[r][i]
-        if str(row["path"]) not in NO_PROBE or (r, i) not in send_of:
-            return float(row["t_ready"])
-        s_rank, s_row = send_of[(r, i)]
-        return max(float(row["t_start"]), float(old[s_rank]["t_start"][s_row]))
+    ready_at = ready_times(trace)              # when each recorded recv's message was there
     gpu_end = {r: 0.0 for r in old}            # new end of the rank's latest compute / host event
     pos = {r: 0 for r in old}
     left = sum(len(ev) for ev in old.values())
@@ -140,7 +131,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                     if send not in arrival:
                         break                                      # its sender has not got there yet
                     ready = max(start, arrival[send])
-                    end = ready + (0.0 if network else float(row["t_end"]) - max(ready_at(r, i), float(row["t_start"])))
+                    end = ready + (0.0 if network else float(row["t_end"] - ready_at[r][i]))
                 elif kind == "collective":
                     k = n_coll[r]
                     entries[k].setdefault(r, start)
@@ -165,7 +156,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                         recv = recv_of.get((r, i))
                         latency = 0.0
                         if recv is not None:
-                            latency = max(0.0, ready_at(*recv) - float(row["t_start"]))
+                            latency = max(0.0, float(ready_at[recv[0]][recv[1]] - row["t_start"]))
                         arrival[(r, i)] = start + latency
                 elif kind == "compute" and profile is not None:
                     end = start + profile.charge(seen[r], int(row["batch"]))

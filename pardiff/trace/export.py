@@ -44,7 +44,7 @@ def to_chrome(trace: Trace) -> dict:
     # Flow events bind to the slice enclosing their ts ("bp": "e" asks the same of the
     # end, instead of the next slice to start), so each sits mid-slice, clear of the
     # neighbours that share the slice's edges: mid-send, and mid-transfer of the recv.
-    ready = {r: ready_times(ev) for r, ev in trace.events.items()}
+    ready = ready_times(trace)
     for flow_id, ((sr, si), (rr, ri)) in enumerate(trace.message_pairs()):
         send, recv = trace.events[sr][si], trace.events[rr][ri]
         name = str(send["label"])

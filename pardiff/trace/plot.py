@@ -65,6 +65,7 @@ def plot_timeline(trace: Trace, out_path: str, width: float = 14.0, dpi: int = 1
             ax.broken_barh(ranges, (y + row[0], row[1]), facecolors=colour, linewidth=0, **style)
             legend.setdefault(name, Patch(facecolor=colour, label=name, **style))
 
+    readies = ready_times(trace)
     for r in ranks:
         ev, y = trace.events[r], lane[r]
         if not len(ev):
@@ -76,7 +77,7 @@ def plot_timeline(trace: Trace, out_path: str, width: float = 14.0, dpi: int = 1
         m = kind == "send"
         bars(y, COMM_ROW, start[m], end[m], SEND_COLOUR, "send")
         m = kind == "recv"
-        ready = ready_times(ev)
+        ready = readies[r]
         bars(y, COMM_ROW, start[m], ready[m], WAIT_COLOUR, "recv waiting", hatch="////", edgecolor=TRANSFER_COLOUR)
         bars(y, COMM_ROW, ready[m], end[m], TRANSFER_COLOUR, "recv transfer")
         m = kind == "collective"

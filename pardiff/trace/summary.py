@@ -3,7 +3,9 @@
 Time is split the same way everywhere: ``compute`` and ``host`` events count whole;
 a ``send`` or ``collective`` counts whole as communication (a collective includes
 waiting for the slowest rank); a ``recv`` is split at ``t_ready`` into waiting
-(``t_ready - t_start``) and transfer (``t_end - t_ready``, communication).
+(``t_ready - t_start``) and transfer (``t_end - t_ready``, communication). A receive
+without a probe (NCCL, gloo: its ``t_ready`` is its start) is split where its send
+began, if later (``ready_times``).
 """
 from __future__ import annotations
 
@@ -14,16 +16,29 @@ import numpy as np
 from .reader import Trace
 
 COMM_KINDS = ("send", "recv", "collective", "wait")
+NO_PROBE = ("nccl", "gloo")                        # receive paths whose t_ready is their start
 PATH_KINDS = ("compute", "host", "comm", "wait")   # how the critical path's seconds are split
 TIE_S = 1e-9   # chains this close are equally long (float sums of the same span differ in the last bits)
 
 
-def ready_times(ev: np.ndarray) -> np.ndarray:
-    """When each row's own work began: ``t_ready`` for a recv, ``t_start`` for anything else.
+def ready_times(trace: Trace) -> dict[int, np.ndarray]:
+    """Rank -> when each row's own work began: ``t_ready`` for a recv, ``t_start`` for anything else.
 
     Clipped into [t_start, t_end] because files older than the ``t_ready`` field read it as -1.
+    A receive without a probe (path ``nccl`` / ``gloo``: its ``t_ready`` is its start) is ready
+    no earlier than its send began: the time before that it waited for the sender.
     """
-    return np.where(ev["kind"] == "recv", np.clip(ev["t_ready"], ev["t_start"], ev["t_end"]), ev["t_start"])
+    send_of = {recv: send for send, recv in trace.message_pairs()}
+    out = {}
+    for r, ev in trace.events.items():
+        ready = np.where(ev["kind"] == "recv", np.clip(ev["t_ready"], ev["t_start"], ev["t_end"]), ev["t_start"])
+        for i in np.flatnonzero((ev["kind"] == "recv") & np.isin(ev["path"], NO_PROBE)):
+            send = send_of.get((r, int(i)))
+            if send is not None:
+                sent = trace.events[send[0]]["t_start"][send[1]]
+                ready[i] = min(max(ready[i], sent), ev["t_end"][i])
+        out[r] = ready
+    return out
 
 
 def run_span(trace: Trace) -> tuple[float, float]:
@@ -35,9 +50,8 @@ def run_span(trace: Trace) -> tuple[float, float]:
             float(max(ev["t_end"].max() for ev in nonempty)))
 
 
-def _rank_totals(ev: np.ndarray, run_wall: float) -> dict:
+def _rank_totals(ev: np.ndarray, ready: np.ndarray, run_wall: float) -> dict:
     kind, label = ev["kind"], ev["label"]
-    ready = ready_times(ev)
     wait, work = ready - ev["t_start"], ev["t_end"] - ready
     sent, received = kind == "send", kind == "recv"
     eps = (kind == "compute") & (label == "eps")
@@ -62,8 +76,8 @@ def _rank_totals(ev: np.ndarray, run_wall: float) -> dict:
     return totals
 
 
-def _label_totals(rank: int, ev: np.ndarray) -> list[dict]:
-    wait = ready_times(ev) - ev["t_start"]
+def _label_totals(rank: int, ev: np.ndarray, ready: np.ndarray) -> list[dict]:
+    wait = ready - ev["t_start"]
     rows = []
     for kind, label in sorted(set(zip(ev["kind"].tolist(), ev["label"].tolist()))):
         m = (ev["kind"] == kind) & (ev["label"] == label)
@@ -87,7 +101,7 @@ def critical_path(trace: Trace) -> dict:
     and this way no clock agreement between ranks is assumed.
     """
     send_of = {recv: send for send, recv in trace.message_pairs()}
-    ready = {r: ready_times(ev) for r, ev in trace.events.items()}
+    ready = ready_times(trace)
     # a row counts from the latest end among its rank's earlier rows: on a GPU rank traced
     # with CUDA events the host may receive while the GPU still computes (traces/SCHEMA.md)
     begin = {r: np.maximum(ev["t_start"], np.maximum.accumulate(np.concatenate([[-np.inf], ev["t_end"][:-1]])))
@@ -145,8 +159,9 @@ def summarize(trace: Trace) -> dict:
     """
     t0, t1 = run_span(trace)
     wall = t1 - t0
-    ranks = {r: _rank_totals(trace.events[r], wall) for r in trace.ranks}
-    labels = [row for r in trace.ranks for row in _label_totals(r, trace.events[r])]
+    ready = ready_times(trace)
+    ranks = {r: _rank_totals(trace.events[r], ready[r], wall) for r in trace.ranks}
+    labels = [row for r in trace.ranks for row in _label_totals(r, trace.events[r], ready[r])]
 
     def total(key):
         return sum(v[key] for v in ranks.values())
