@@ -52,7 +52,7 @@ def main() -> None:
     sched = model.schedule
     shape = (1, *model.sample_shape)
     jump = sched.T // args.steps
-    ts = [t for t in sched.timesteps(args.steps)]
+    ts = sched.timesteps(args.steps)
     x0 = torch.randn(shape, device=dev)
     for _ in range(3):
         model.eps(x0, ts[0])                 # compile and capture before any clock

@@ -144,11 +144,9 @@ class Comm:
         on_gpu = self._stream_ordered(out)
         start = self.recorder.mark(on_gpu)
         path, nbytes, t_ready = self._recv_into(out, source, tag)
-        fields = dict(step=step, iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
-                      nbytes=nbytes, path=path)
-        if not on_gpu:
-            fields["t_ready"] = t_ready
-        self.recorder.record_marks("recv", label, line, start, self.recorder.mark(on_gpu), **fields)
+        self.recorder.record_marks("recv", label, line, start, self.recorder.mark(on_gpu), t_ready=t_ready, step=step,
+                                   iter=iter, peer=source, tag=tag, seq=self._next_seq("recv", source, tag),
+                                   nbytes=nbytes, path=path)
         return out
 
     def _stream_ordered(self, tensor: torch.Tensor) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..io import write_json
 from ..trace.reader import Trace, load_trace
+from ..trace.recorder import GPU_TIMED
 from ..trace.summary import ready_times, summarize
 from ..trace.writer import write_trace
 
@@ -59,7 +60,7 @@ def waits_for_gpu(row) -> bool:
 
 def on_gpu_clock(row, timing: str) -> bool:
     """Whether the row was timed on the GPU's stream (CUDA events) rather than the host clock."""
-    return timing == "cuda-events" and (row["kind"] in ("compute", "host") or str(row["path"]) == "nccl")
+    return timing == "cuda-events" and (row["kind"] in GPU_TIMED or str(row["path"]) == "nccl")
 
 
 class ReplayError(ValueError):

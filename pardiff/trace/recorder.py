@@ -84,7 +84,8 @@ class Recorder:
                     break
                 t_start = max(self._gpu_time(start), issued)     # the anchor is good to a few µs
                 t_end = max(self._gpu_time(end), t_start)
-                # a message's t_ready keeps its meaning (NCCL has no probe: its start)
+                # a message's t_ready keeps its meaning (NCCL has no probe: its start), whatever
+                # the host clock said
                 row = (kind, label, line, t_start, t_end,
                        dict(fields, t_ready=issued if kind in GPU_TIMED else t_start))
             self._queue.popleft()
