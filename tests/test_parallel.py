@@ -149,6 +149,42 @@ def test_stride_stops_at_the_first_point_over_tolerance(runs):
             assert r[s - 1] is None or r[s - 1] > tol                       # begin+s did not
 
 
+@pytest.mark.parametrize("args", [[*PS, "--sampler", "dpmsolver", "--tol", 0.05], [*PD, "--sampler", "ddpm", "--tol", 0.1]])
+def test_the_stopping_rule_reads_the_device_once_per_iteration(tmp_path, monkeypatch, args):
+    """Line 7 needs one host sync per iteration (the decision), not one per point: on a GPU a
+    read per point left the GPU idle while the host issued a small model's next iteration."""
+    from pardiff.algorithms.window import Window
+    from pardiff.cli import main
+    reads, inside = [], []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a, **kw):
+            if inside and self.is_floating_point():      # not the all-reduce's integer (a CPU tensor)
+                reads[-1] += 1
+            return original(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    for name in ("tolist", "item", "__float__", "__bool__", "numpy"):
+        counted(name)
+    rule = Window.first_unconverged
+
+    def first_unconverged(self, *a, **kw):
+        reads.append(0)
+        inside.append(True)
+        try:
+            return rule(self, *a, **kw)
+        finally:
+            inside.pop()
+    monkeypatch.setattr(Window, "first_unconverged", first_unconverged)
+    monkeypatch.chdir(tmp_path)
+    argv = ["simulate", *map(str, args[1:]), "--ranks", "1", *map(str, COMMON), "--report", "r.json"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(reads) == report["iterations"] > 1
+    assert reads == [1] * len(reads)       # the changes, in one transfer
+
+
 def test_trace_of_the_window(runs):
     trace = load_trace(str(runs["dir"] / "ps.h5"))
     report = runs["ps-trace"][1]

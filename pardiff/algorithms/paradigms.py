@@ -33,7 +33,7 @@ def paradigms(ctx) -> torch.Tensor | None:
     n, k = 0, 0
     iterations = []
     while n < N:
-        delta, _, _, history = win.solve_subproblems(n, p, k)       # drifts of the window's steps, one batch
+        delta, _, _, history = win.solve_subproblems(n, p, k, clean=False)   # drifts of the window's steps, one batch
         new, end = win.cumulative_update(n, p, delta, history, k)   # x_{i+1} = x_n + Σ drift (+ noise)
         f = win.first_unconverged(n, p, new, cfg.tol, k)            # ‖Δx‖²/D ≤ τ² σ² up to f
         win.commit(new)

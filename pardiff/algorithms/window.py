@@ -125,10 +125,10 @@ class Window:
                 self.h.pop(i, None)
 
     # --- one iteration ------------------------------------------------------------------
-    def solve_subproblems(self, n: int, p: int, k: int):
+    def solve_subproblems(self, n: int, p: int, k: int, clean: bool = True):
         """Lines 4-5: Φ for every subproblem start this rank owns, as one batch per sampler
-        step. Returns {i: Φ_i − X̂_i}, {i: x̂_0 at the first step}, {i: x̂_0 at the last step},
-        {i: the sampler history after the last step (for point i + 1)}."""
+        step. Returns {i: Φ_i − X̂_i}, {i: x̂_0 at the first step}, {i: x̂_0 at the last step}
+        (empty unless ``clean``), {i: the sampler history after the last step (for point i + 1)}."""
         starts = [i for a, b in self.runs(n, p) for i in range(a, b)]
         if not starts:
             return {}, {}, {}, {}
@@ -149,15 +149,17 @@ class Window:
             if solver.stochastic:
                 noise = torch.cat([self.ctx.noise(seeds.STEP, solver.S - 1 - jj) for jj in g])
             with self.ctx.host("step", self.lines["eval"], iter=k):
-                if l == 0:
+                if clean and l == 0:
                     x0_first = solver.predict_x0(x, eps, j)
-                if l == self.L - 1:
-                    x0_last = solver.predict_x0(x, eps, j)
+                if clean and l == self.L - 1:
+                    x0_last = x0_first if l == 0 else solver.predict_x0(x, eps, j)
                 x, history = solver.step(x, eps, j, history, has_history, noise)
             has_history = None                                           # every row has one now
         with self.ctx.host("drift", self.lines["drift"], iter=k):
             delta = {i: phi - self.x[i] for i, phi in zip(starts, x.split(B))}
         hist = dict(zip(starts, history.split(B))) if history is not None else {}
+        if not clean:
+            return delta, {}, {}, hist
         return delta, dict(zip(starts, x0_first.split(B))), dict(zip(starts, x0_last.split(B))), hist
 
     def _no_history(self) -> torch.Tensor:
@@ -195,19 +197,26 @@ class Window:
 
     def first_unconverged(self, n: int, p: int, new: dict, tol: float, k: int) -> int:
         """Line 7 (Eq. 14): the first point of n+1 .. n+p whose change exceeds the tolerance,
-        (1/D)‖X̂^(k+1) − X̂^(k)‖² > δ² σ², for any sample; n+p if none. One MIN all-reduce."""
+        (1/D)‖X̂^(k+1) − X̂^(k)‖² > δ² σ², for any sample; n+p if none. One MIN all-reduce.
+
+        The changes of all this rank's points are reduced on the device together and read in
+        one transfer: the iteration's only host sync, the one the algorithm's decision needs."""
+        points = [i for i in sorted(new) if i != n]
+        # a multistep sampler's point carries the previous step's quantities too: it has
+        # converged only when they have settled as well (docs/algorithms/parasolver.md)
+        known = [i for i in points if i in self.h] if self.solver.history_slots else []
+        parts = [_mean_squares([new[i][0] for i in points], [self.x[i] for i in points])]
+        if known:
+            parts.append(_mean_squares([new[i][1] for i in known], [self.h[i] for i in known]))
+        values = torch.cat(parts).tolist()
+        change = dict(zip(points, values))
+        if self.solver.history_slots:
+            settled = dict(zip(known, values[len(points):]))
+            change = {i: max(c, settled[i]) if i in settled else math.inf for i, c in change.items()}
         residuals, first = {}, n + p
-        for i in sorted(new):
-            if i == n:
-                continue
-            x_new, h_new = new[i]
-            change = _mean_square(x_new - self.x[i])
-            if self.solver.history_slots:
-                # a multistep sampler's point carries the previous step's quantities too: it
-                # has converged only when they have settled as well (docs/algorithms/parasolver.md)
-                change = max(change, _mean_square(h_new - self.h[i]) if i in self.h else math.inf)
-            residuals[i] = math.sqrt(change / self.var[i]) if self.var[i] > 0 else (0.0 if change == 0 else None)
-            if change > tol ** 2 * self.var[i] and i < first:
+        for i in points:
+            residuals[i] = math.sqrt(change[i] / self.var[i]) if self.var[i] > 0 else (0.0 if change[i] == 0 else None)
+            if change[i] > tol ** 2 * self.var[i] and i < first:
                 first = i
         self.records.append({"iter": k, "residuals": residuals})
         f = torch.tensor([first], dtype=torch.int64)
@@ -256,6 +265,14 @@ class Window:
         return None
 
 
-def _mean_square(diff: torch.Tensor) -> float:
-    """max over samples of (1/D)‖diff‖²."""
-    return float(diff.reshape(diff.shape[0], -1).pow(2).mean(1).max())
+def _mean_squares(new: list[torch.Tensor], old: list[torch.Tensor]) -> torch.Tensor:
+    """max over samples of (1/D)‖new − old‖² for each pair, as one float64 tensor on the device.
+
+    One batched reduction for all pairs: issuing a few kernels per point made a small model's
+    iterations wait on the host. Squares are summed in float64, so that no bit a tolerance test
+    could see depends on how many pairs are reduced together (that changes with the number of
+    ranks, and with it a reduction's order)."""
+    if not new:
+        return torch.zeros(0, dtype=torch.float64)
+    diff = torch.stack(new) - torch.stack(old)
+    return diff.double().pow(2).reshape(len(new), new[0].shape[0], -1).mean(2).amax(1)
