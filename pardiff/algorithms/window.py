@@ -212,7 +212,7 @@ class Window:
         change = dict(zip(points, values))
         if self.solver.history_slots:
             settled = dict(zip(known, values[len(points):]))
-            change = {i: max(c, settled[i]) if i in settled else math.inf for i, c in change.items()}
+            change = {i: max(c, settled.get(i, math.inf)) for i, c in change.items()}
         residuals, first = {}, n + p
         for i in points:
             residuals[i] = math.sqrt(change[i] / self.var[i]) if self.var[i] > 0 else (0.0 if change[i] == 0 else None)

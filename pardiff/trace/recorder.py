@@ -10,11 +10,11 @@ events instead of the host clock (``Recorder.gpu_timing``): the span records an 
 on the stream before and after its work, and its row is resolved later, when the GPU
 has passed both, onto the same clock through an anchor (an event whose host time is
 known). So are messages whose transport is ordered on the stream (NCCL: ``mark`` and
-``record_marks``), which the host does not wait for either. So tracing never makes the host wait for the GPU, except once a second at most
-(or per 256 pending rows), to renew the anchor: the two clocks drift apart slowly, and
-CUDA reports event intervals in float32 milliseconds. A row's times are when the GPU ran
-the work; its ``t_ready`` is when the host issued it. Rows stay in the order they were
-recorded.
+``record_marks``), which the host does not wait for either. So tracing never makes the
+host wait for the GPU, except once a second at most (or per 256 pending rows), to renew
+the anchor: the two clocks drift apart slowly, and CUDA reports event intervals in
+float32 milliseconds. A row's times are when the GPU ran the work; its ``t_ready`` is
+when the host issued it. Rows stay in the order they were recorded.
 """
 from __future__ import annotations
 
