@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU benchmark of docs/performance.md on one node, results under OUT:
 #
-#   launch/bench_gpu.sh OUT [parts]        parts: any of tests model comm tracing parallel (default: all)
+#   launch/bench_gpu.sh OUT [parts]        parts: any of tests model comm tracing parallel window
+#                                          (default: all but window)
 #
 # Uses every GPU the node has (GPUS=N to use fewer); two-GPU parts (NCCL, SE2P, 2-rank solvers)
 # run only where there are two. Needs mpirun/mpiexec on PATH (see launch/mpirun.sh) and pardiff
@@ -66,5 +67,15 @@ if has parallel; then  # parallel vs sequential, side by side, samples checked b
         --cases ddpm-1000 --gpus $gpu_list --compile on --timeout 900 --trace
     [ "$gpus" -ge 2 ] && $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
         --cases se2p-10,se2p-20,se2p-100 --trace
+fi
+if has window; then    # ParaSolver's Figure 1: the window size p (both solvers) and ParaSolver's N, DDPM-1000, 1 GPU
+    cases() { $PYTHON -c "import sys; sys.path.insert(0, '$here'); import bench_parallel as b; print(','.join(b.$1))"; }
+    windows=$(cases WINDOW_CASES)
+    subintervals=$(cases SUBINTERVAL_CASES)
+    for model in arch:ddpm-church-256 lfw-32; do
+        $PYTHON "$here/bench_parallel.py" --out "$out/window" --models $model --cases "$windows" --gpus 1 --trace
+        $PYTHON "$here/bench_parallel.py" --out "$out/window" --models $model --cases "$subintervals" --gpus 1 \
+            --algorithms parasolver --trace
+    done
 fi
 echo "bench_gpu.sh: results in $out"

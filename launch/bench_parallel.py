@@ -55,6 +55,29 @@ CASES = {
 CASES.update({f"ddpm-1000-m{m}-tol{tol:g}": dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"]["paradigms"],
                                                  parasolver=dict(subintervals=100, precondition=m, window=32, tol=tol))
               for m in (2, 5, 10, 15) for tol in (0.55, 0.05)})
+# ParaSolver's Figure 1, the window size p (both solvers; ParaSolver's M = 10 preconditioning steps need
+# p >= M, so M = p below 10), and ParaSolver's subinterval count N at p = 32 (`--algorithms parasolver`);
+# DDPM-1000 otherwise as above. launch/sim_scaling.py --studies window predicts the same settings.
+WINDOWS = [4, 6, 8, 10, 16, 24, 32, 36, 48, 64]
+SUBINTERVALS = [50, 100, 200]
+CASES.update({f"ddpm-1000-p{p}": dict(sampler="ddpm", steps=1000,
+                                      parasolver=dict(CASES["ddpm-1000"]["parasolver"], window=p,
+                                                      precondition=min(p, 10)),
+                                      paradigms=dict(CASES["ddpm-1000"]["paradigms"], window=p))
+              for p in WINDOWS if p != 32})
+CASES.update({f"ddpm-1000-n{n}": dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"]["paradigms"],
+                                      parasolver=dict(CASES["ddpm-1000"]["parasolver"], subintervals=n))
+              for n in SUBINTERVALS if n != 100})
+WINDOW_CASES = [f"ddpm-1000-p{p}" if p != 32 else "ddpm-1000" for p in WINDOWS]
+SUBINTERVAL_CASES = [f"ddpm-1000-n{n}" for n in SUBINTERVALS if n != 100]
+
+
+def case_flags(case_name: str, algorithm: str) -> list[str]:
+    """`pardiff run/simulate` arguments of one algorithm of a case (sequential: the sampler alone)"""
+    case = CASES[case_name]
+    params = case.get(algorithm, {})
+    return [algorithm, "--sampler", case["sampler"], "--steps", str(case["steps"]),
+            *[f"--{k}={v}" for k, v in params.items()]]
 
 
 def run(cmd: list[str], timeout: float, log) -> tuple[int, float]:

@@ -77,11 +77,36 @@ def parallel_table(folder):
     print()
 
 
+def window_table(folder):
+    """bench_gpu.sh's window part (ParaSolver's Figure 1) next to the simulator's prediction, if folder/sim
+    holds launch/sim_scaling.py --studies window's scaling.json"""
+    runs = [load(p) for p in sorted(glob.glob(os.path.join(folder, "window", "*.json")))]
+    runs = [d for d in runs if "rows" in d and "case" in d]
+    sim = os.path.join(folder, "sim", "scaling.json")
+    predicted = {(r["case"], r["algorithm"], r["gpus"]): r for r in load(sim)["window"]} if os.path.isfile(sim) else {}
+    for model in sorted({d["model"] for d in runs}):
+        print(f"{model}, DDPM-1000, one GPU: measured (sample checked against the sequential one) and, for the "
+              f"church UNet, predicted by the simulator\n")
+        print("| algorithm | N | M | window p | sequential s | wall s | speedup | predicted 1 GPU | predicted 8 GPUs "
+              "| iterations | NFE | RMS vs sequential |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        rows = [(d, r) for d in runs if d["model"] == model for r in d["rows"][1:] if r.get("rc") == 0]
+        rows.sort(key=lambda dr: (dr[1]["algorithm"], dr[1]["params"].get("subintervals", 0), dr[1]["params"]["window"]))
+        for d, r in rows:
+            seq, q = d["rows"][0], r["params"]
+            speed = f"{r['speedup']:.2f}×" if "speedup" in r else f"({r['speedup_unchecked']:.2f}×, disagrees)"
+            pred = [predicted.get((d["case"], r["algorithm"], g)) if model.startswith("arch:") else None for g in (1, 8)]
+            pred = [f"{x['speedup']:.2f}× ({x['wall_s']:.2f} s)" if x else "" for x in pred]
+            print(f"| {r['algorithm']} | {q.get('subintervals', '')} | {q.get('precondition', '')} | {q['window']} "
+                  f"| {seq['wall_s']:.3f} | {r['wall_s']:.3f} | {speed} | {pred[0]} | {pred[1]} | {r['iterations']} "
+                  f"| {r['nfe']} | {r['rms_diff_vs_sequential']:.4f} |")
+        print()
+
+
 def main() -> int:
     if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
         sys.stderr.write("usage: launch/perf_table.py RESULTS_FOLDER\n")
         return 2
-    for table in (model_table, comm_table, tracing_table, parallel_table):
+    for table in (model_table, comm_table, tracing_table, parallel_table, window_table):
         table(sys.argv[1])
     return 0
 

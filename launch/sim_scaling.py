@@ -10,9 +10,13 @@
 3. **SE2P on 2 GPUs vs sequential DDPM on 1** (issue 6's target ≤ 1.05×) — N = 10, 20, 100,
    both exchanges (lines 9-10 as a round trip, or swapped), over each of ``--se2p-networks``
    (names or FILE.json, e.g. a link estimated from measured pieces).
+4. **ParaSolver's Figure 1, the window size p** — bench_parallel.py's ``WINDOW_CASES`` (Table 5's
+   DDPM-1000 settings, window p for both solvers) and ``SUBINTERVAL_CASES`` (ParaSolver's N at
+   p = 32), on 1 and 8 GPUs over NVLink: the settings ``launch/bench_gpu.sh OUT window``
+   measures on a GPU.
 
-Writes OUT/scaling.json, OUT/table5.md, OUT/networks.md, OUT/se2p.md and OUT/scaling_*.png
-for the studies that ran.
+Writes OUT/scaling.json, OUT/table5.md, OUT/networks.md, OUT/se2p.md, OUT/window.md and
+OUT/scaling_*.png for the studies that ran.
 
     python3 launch/sim_scaling.py --out traces/results/<date>_sim_scaling
 """
@@ -25,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_parallel import CASES, SUBINTERVAL_CASES, WINDOW_CASES, case_flags
+
 NETWORKS = ["nvlink", "h200-mpi-staged", "pcie", "ib-hdr", "eth-100g", "eth-10g"]
 MODEL = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--stand-in", "--profile", "h200", "--seed", "0",
          "--batch", "1"]
@@ -34,15 +40,11 @@ STUDIES = {
     "parasolver-ddim50": (["parasolver", "--sampler", "ddim", "--steps", "50", "--subintervals", "25",
                            "--precondition", "5", "--window", "25", "--tol", "0.005"], [2, 4, 8, 16, 32, 64]),
 }
-# the papers' DDPM-1000 settings (docs/algorithms/parasolver.md)
-TABLE5 = {
-    "sequential": ["sequential", "--sampler", "ddpm", "--steps", "1000"],
-    "parasolver": ["parasolver", "--sampler", "ddpm", "--steps", "1000", "--subintervals", "100",
-                   "--precondition", "10", "--window", "32", "--tol", "0.55"],
-    "paradigms": ["paradigms", "--sampler", "ddpm", "--steps", "1000", "--window", "32", "--tol", "0.5"],
-}
+# the papers' DDPM-1000 settings (docs/algorithms/parasolver.md), as bench_parallel.py measures them
+TABLE5 = {alg: case_flags("ddpm-1000", alg) for alg in ("sequential", "parasolver", "paradigms")}
 SE2P_STEPS = [10, 20, 100]
 PAPER_TABLE5 = {"parasolver": {1: 2.5, 2: 3.8, 4: 5.1, 8: 12.1}, "paradigms": {1: 1.4, 2: 2.1, 4: 3.3, 8: 4.6}}
+WINDOW_GPUS = [1, 8]
 
 
 def pardiff(*args, cwd) -> dict:
@@ -60,16 +62,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--profile", default="h200", help="h200 (eager, default) | h200-graphs (CUDA graphs) | FILE.json")
-    ap.add_argument("--studies", default="networks,table5", help="comma-separated: networks, table5, se2p "
-                                                                 "(default: networks,table5)")
+    ap.add_argument("--studies", default="networks,table5", help="comma-separated: networks, table5, se2p, "
+                                                                 "window (default: networks,table5)")
     ap.add_argument("--se2p-networks", default="nvlink,h200-mpi-staged",
                     help="networks of the se2p study: names or FILE.json (default: nvlink,h200-mpi-staged)")
     args = ap.parse_args(argv)
     model = [args.profile if a == "h200" else a for a in MODEL]
     studies = args.studies.split(",")
-    unknown = set(studies) - {"networks", "table5", "se2p"}
+    unknown = set(studies) - {"networks", "table5", "se2p", "window"}
     if unknown:
-        ap.error(f"--studies: unknown {', '.join(sorted(unknown))} (networks, table5, se2p)")
+        ap.error(f"--studies: unknown {', '.join(sorted(unknown))} (networks, table5, se2p, window)")
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         return pardiff(*flags, *model, "--ranks", 1, "--network", NETWORKS[0], cwd=work)["wall_s"]
 
     table5 = []
-    seq = sequential_s(*TABLE5["sequential"]) if "table5" in studies else None
+    seq = sequential_s(*TABLE5["sequential"]) if {"table5", "window"} & set(studies) else None
     for net in ("nvlink", "h200-mpi-staged") if "table5" in studies else []:
         for alg in ("parasolver", "paradigms"):
             for G in (1, 2, 4, 8):
@@ -101,6 +103,18 @@ def main(argv=None) -> int:
                                "sequential_s": seq, "speedup": seq / rep["wall_s"], "iterations": rep["iterations"],
                                "nfe": rep["nfe"], "paper_speedup": PAPER_TABLE5[alg][G]})
                 print(json.dumps(table5[-1]), flush=True)
+    window = []
+    sweep = [(alg, case) for alg in ("paradigms", "parasolver") for case in WINDOW_CASES] \
+        + [("parasolver", case) for case in SUBINTERVAL_CASES]
+    for alg, case in sweep if "window" in studies else []:
+        for G in WINDOW_GPUS:
+            rep = pardiff(*case_flags(case, alg), *model, "--ranks", G, "--network", "nvlink", cwd=work)
+            window.append({"algorithm": alg, "case": case, "window": CASES[case][alg]["window"],
+                           "subintervals": CASES[case][alg].get("subintervals"),
+                           "precondition": CASES[case][alg].get("precondition"), "gpus": G,
+                           "wall_s": rep["wall_s"], "sequential_s": seq, "speedup": seq / rep["wall_s"],
+                           "iterations": rep["iterations"], "nfe": rep["nfe"]})
+            print(json.dumps(window[-1]), flush=True)
     se2p = []
     se2p_seq = {N: sequential_s("sequential", "--sampler", "ddpm", "--steps", N) for N in SE2P_STEPS} \
         if "se2p" in studies else {}
@@ -118,8 +132,16 @@ def main(argv=None) -> int:
     work.rmdir() if not any(work.iterdir()) else None
     meta = {"profile": f"{args.profile} (pardiff/sim/profiles), arch:ddpm-church-256 float16, stand-in", "date":
             time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0, "studies": studies}
-    (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5, "se2p": se2p},
-                                                 indent=1))
+    (out / "scaling.json").write_text(json.dumps({"meta": meta, "networks": rows, "table5": table5, "se2p": se2p,
+                                                  "window": window}, indent=1))
+    if window:
+        lines = ["| method | N | M | window p | GPUs | predicted wall (s) | speedup | iterations | NFE |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['algorithm']} | {r['subintervals'] or ''} | {r['precondition'] or ''} | {r['window']} "
+                  f"| {r['gpus']} | {r['wall_s']:.3f} | {r['speedup']:.2f}× | {r['iterations']} | {r['nfe']} |"
+                  for r in window]
+        (out / "window.md").write_text(f"sequential DDPM-1000 on 1 GPU: {seq:.3f} s\n\n" + "\n".join(lines) + "\n")
+        print((out / "window.md").read_text())
     if se2p:
         lines = ["| network | N | exchange | sequential, 1 GPU (ms) | SE2P, 2 GPUs (ms) | ratio (target ≤ 1.05×) |",
                  "|---|---:|---|---:|---:|---:|"]
