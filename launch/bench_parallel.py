@@ -56,21 +56,25 @@ CASES.update({f"ddpm-1000-m{m}-tol{tol:g}": dict(sampler="ddpm", steps=1000, par
                                                  parasolver=dict(subintervals=100, precondition=m, window=32, tol=tol))
               for m in (2, 5, 10, 15) for tol in (0.55, 0.05)})
 # ParaSolver's Figure 1, the window size p (both solvers; ParaSolver's M = 10 preconditioning steps need
-# p >= M, so M = p below 10), and ParaSolver's subinterval count N at p = 32 (`--algorithms parasolver`);
-# DDPM-1000 otherwise as above. launch/sim_scaling.py --studies window predicts the same settings.
+# p >= M, so M = p below 10), and ParaSolver's subinterval count N with its window p (`--algorithms
+# parasolver`; N = 200 / 500 / 1000 at p = 8 / 16 are the simulator's best on one GPU: L = S/N = 5, 2, 1
+# steps per subinterval); DDPM-1000 otherwise as above. launch/sim_scaling.py --studies window predicts
+# the same settings.
 WINDOWS = [4, 6, 8, 10, 16, 24, 32, 36, 48, 64]
-SUBINTERVALS = [50, 100, 200]
-CASES.update({f"ddpm-1000-p{p}": dict(sampler="ddpm", steps=1000,
-                                      parasolver=dict(CASES["ddpm-1000"]["parasolver"], window=p,
-                                                      precondition=min(p, 10)),
+SUBINTERVALS = [(50, 32), (200, 32), (200, 8), (500, 16), (1000, 16)]      # (N, p)
+
+
+def _parasolver(n: int, p: int) -> dict:
+    return dict(CASES["ddpm-1000"]["parasolver"], subintervals=n, window=p, precondition=min(p, 10))
+
+
+CASES.update({f"ddpm-1000-p{p}": dict(sampler="ddpm", steps=1000, parasolver=_parasolver(100, p),
                                       paradigms=dict(CASES["ddpm-1000"]["paradigms"], window=p))
               for p in WINDOWS if p != 32})
-CASES.update({f"ddpm-1000-n{n}": dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"]["paradigms"],
-                                      parasolver=dict(CASES["ddpm-1000"]["parasolver"], subintervals=n))
-              for n in SUBINTERVALS if n != 100})
+SUBINTERVAL_CASES = [f"ddpm-1000-n{n}" + (f"-p{p}" if p != 32 else "") for n, p in SUBINTERVALS]
+CASES.update({name: dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"]["paradigms"],
+                         parasolver=_parasolver(n, p)) for name, (n, p) in zip(SUBINTERVAL_CASES, SUBINTERVALS)})
 WINDOW_CASES = [f"ddpm-1000-p{p}" if p != 32 else "ddpm-1000" for p in WINDOWS]
-SUBINTERVAL_CASES = [f"ddpm-1000-n{n}" for n in SUBINTERVALS if n != 100]
-
 
 def case_flags(case_name: str, algorithm: str) -> list[str]:
     """`pardiff run/simulate` arguments of one algorithm of a case (sequential: the sampler alone)"""
