@@ -76,6 +76,7 @@ CASES.update({name: dict(sampler="ddpm", steps=1000, paradigms=CASES["ddpm-1000"
                          parasolver=_parasolver(n, p)) for name, (n, p) in zip(SUBINTERVAL_CASES, SUBINTERVALS)})
 WINDOW_CASES = [f"ddpm-1000-p{p}" if p != 32 else "ddpm-1000" for p in WINDOWS]
 
+
 def case_flags(case_name: str, algorithm: str) -> list[str]:
     """`pardiff run/simulate` arguments of one algorithm of a case (sequential: the sampler alone)"""
     case = CASES[case_name]
