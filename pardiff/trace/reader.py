@@ -18,6 +18,7 @@ class Trace:
     attrs: dict                                   # root attributes, JSON ones decoded
     events: dict[int, np.ndarray]                 # rank -> structured array (strings decoded to str)
     rank_attrs: dict[int, dict] = field(default_factory=dict)
+    _pairs: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def world_size(self) -> int:
@@ -31,14 +32,18 @@ class Trace:
         """Every matched message as ((sender, send row), (receiver, recv row)), rows as indices.
 
         Sends match recvs by (sender, receiver, tag) in order: MPI's non-overtaking rule.
+        Matched once per trace (the summary, replay and plots all ask): a trace's events do not
+        change once it is loaded.
         """
-        sends, recvs = defaultdict(list), defaultdict(list)
-        for r, ev in self.events.items():
-            for i in np.flatnonzero(ev["kind"] == "send"):
-                sends[(r, int(ev["peer"][i]), int(ev["tag"][i]))].append((r, int(i)))
-            for i in np.flatnonzero(ev["kind"] == "recv"):
-                recvs[(int(ev["peer"][i]), r, int(ev["tag"][i]))].append((r, int(i)))
-        return [pair for key in sends for pair in zip(sends[key], recvs.get(key, []))]
+        if self._pairs is None:
+            sends, recvs = defaultdict(list), defaultdict(list)
+            for r, ev in self.events.items():
+                for i in np.flatnonzero(ev["kind"] == "send"):
+                    sends[(r, int(ev["peer"][i]), int(ev["tag"][i]))].append((r, int(i)))
+                for i in np.flatnonzero(ev["kind"] == "recv"):
+                    recvs[(int(ev["peer"][i]), r, int(ev["tag"][i]))].append((r, int(i)))
+            self._pairs = [pair for key in sends for pair in zip(sends[key], recvs.get(key, []))]
+        return self._pairs
 
     def messages(self) -> list[tuple[np.void, np.void]]:
         """Every matched message as (send row, recv row)."""
