@@ -15,10 +15,8 @@ root=$(pwd); here=$(cd "$(dirname "$0")" && pwd)
 [ -d "$old/pardiff" ] || { echo "ab_versions.sh: $old has no pardiff/" >&2; exit 2; }
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 flags() {   # the case's sampler, steps and ALGO's flags, from bench_parallel.py's CASES
-    "${PYTHON:-python3}" -c "import sys; sys.path.insert(0, sys.argv[1]); from bench_parallel import CASES
-case = CASES[sys.argv[2]]
-print('--sampler', case['sampler'], '--steps', case['steps'], *(f'--{k}={v}' for k, v in case[sys.argv[3]].items()))" \
-        "$here" "${CASE:-ddpm-1000}" "$1"
+    "${PYTHON:-python3}" -c "import sys; sys.path.insert(0, sys.argv[1]); from bench_parallel import case_flags
+print(*case_flags(sys.argv[2], sys.argv[3])[1:])" "$here" "${CASE:-ddpm-1000}" "$1"
 }
 for model in "$@"; do
   dtype=(); [[ $model == arch:* ]] && dtype=(--dtype float16)
