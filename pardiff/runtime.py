@@ -345,7 +345,10 @@ def warm_up(model, device: torch.device, batches: list[int], fractional: bool = 
     if device.type != "cuda":
         return
     timesteps = [torch.tensor(model.schedule.T - 1)] + ([torch.tensor(model.schedule.T - 1.5)] if fractional else [])
-    for b in batches:
+    # Largest batch first: CUDA graphs share one memory pool (models/graphs.py), and a capture
+    # reuses blocks freed by earlier ones only if they are big enough. Smallest first, every
+    # size added its own activations: ParaSolver p = 64 on one GPU (64 sizes) held 66 GiB.
+    for b in sorted(batches, reverse=True):
         x = torch.zeros(b, *model.sample_shape, device=device)
         labels = None if model.num_classes is None else torch.full((b,), -1, dtype=torch.long, device=device)
         for t in timesteps:
@@ -385,7 +388,10 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
     busy["idle_s"] = max(wall_s - busy["compute_s"] - busy["communication_s"], 0.0)
     stats = comm.allgather_object({"rank": comm.rank, "wall_s": wall_s, **busy, "totals": totals,
                                    "nfe": eps[3] // cfg.batch, "model_calls": eps[0],
-                                   "device": _device_name(ctx.device)})
+                                   "device": _device_name(ctx.device),
+                                   # what the run held on its GPU at most (CUDA graph pools included)
+                                   "gpu_memory_peak_gib": torch.cuda.max_memory_reserved(ctx.device) / 2**30
+                                   if ctx.device.type == "cuda" else None})
     if comm.rank != 0:
         return
     if cfg.out and hasattr(sample, "save"):
