@@ -347,7 +347,8 @@ def warm_up(model, device: torch.device, batches: list[int], fractional: bool = 
     timesteps = [torch.tensor(model.schedule.T - 1)] + ([torch.tensor(model.schedule.T - 1.5)] if fractional else [])
     # Largest batch first: CUDA graphs share one memory pool (models/graphs.py), and a capture
     # reuses blocks freed by earlier ones only if they are big enough. Smallest first, every
-    # size added its own activations: ParaSolver p = 64 on one GPU (64 sizes) held 66 GiB.
+    # size added its own activations: ParaSolver p = 64 on one H100 (64 sizes) ran out of its
+    # 80 GB with 66 GiB in the graph pool; largest first it peaks at 38 GiB.
     for b in sorted(batches, reverse=True):
         x = torch.zeros(b, *model.sample_shape, device=device)
         labels = None if model.num_classes is None else torch.full((b,), -1, dtype=torch.long, device=device)

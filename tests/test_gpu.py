@@ -43,8 +43,9 @@ def test_graphs_do_not_change_a_sequential_sample(tmp_path):
 
 def test_graphs_of_many_batch_sizes_share_their_memory(tmp_path):
     """ParaDiGMS with a window of 16 on one GPU evaluates every batch size 1..16, each from its
-    own CUDA graph; captured largest first into one pool, they hold about what the largest alone
-    does (smallest first, each size kept its own activations: 66 GiB for 64 sizes on an H100)."""
+    own CUDA graph; captured largest first into one pool, they hold less than twice what the
+    largest alone does (smallest first, each size kept its own: ParaSolver p = 64 ran out of an
+    H100's 80 GB)."""
     import json
     common = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--sampler", "ddim", "--steps", 16,
               "--device", "cuda"]
@@ -52,7 +53,10 @@ def test_graphs_of_many_batch_sizes_share_their_memory(tmp_path):
     pardiff(None, "run", "paradigms", *common, "--window", 16, "--report", "all.json", cwd=tmp_path)
     one, every = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "all.json"))
     assert every["params"]["window"] == 16 and one["per_rank"][0]["gpu_memory_peak_gib"] > 0
-    assert every["per_rank"][0]["gpu_memory_peak_gib"] <= 1.5 * one["per_rank"][0]["gpu_memory_peak_gib"] + 0.5
+    peaks = every["per_rank"][0]["gpu_memory_peak_gib"], one["per_rank"][0]["gpu_memory_peak_gib"]
+    # H100, 2026-11-24: 9.10 GiB against 5.24 (eager warm-up cache + graph pool, each about the
+    # largest size's activations); smallest first, it grows with the sum of the sizes
+    assert peaks[0] <= 2.0 * peaks[1] + 0.5, f"GiB held: sizes 1..16 {peaks[0]:.2f}, size 16 alone {peaks[1]:.2f}"
 
 def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
     """Two MPI ranks on one GPU (no NCCL: it refuses two ranks on one GPU) move latents through
