@@ -86,8 +86,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                       help="on-grid (Proc P-1's final latent, default) | proc0 (Proc 0's own)")
     se2p.add_argument("--exchange", default=d.exchange,
                       help="roundtrip (lines 9-10 as printed: x̂_pred out, the integrated latent back; default) | "
-                           "swap (both latents cross at once and both procs integrate: same samples, half the "
-                           "message latency)")
+                           "swap (Proc p-1's x̂_pred and Proc p's latent cross at once and both procs integrate line 9: "
+                           "same samples, one message latency per step instead of two)")
 
 
 def build_parser() -> argparse.ArgumentParser:

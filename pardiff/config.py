@@ -109,6 +109,9 @@ class RunConfig:
             raise ConfigError("--gamma", f"the mixing parameter γ must be in (0, 1], got {self.gamma}")
         if not self.rho > 0:
             raise ConfigError("--rho", f"the variance scaling ρ must be > 0, got {self.rho}")
+        if self.algorithm == "se2p" and self.sampler != "ddpm":
+            raise ConfigError("--sampler", f"se2p runs the paper's DDPM chain (jump sampling), not {self.sampler!r}: "
+                                           "drop --sampler or give ddpm")
         if self.algorithm in ("parasolver", "paradigms"):
             self._validate_window()
             if self.sampler not in GRID_SAMPLERS:

@@ -36,12 +36,17 @@ def denoise(model, t, x, v, z, jump):
     return (x - beta / math.sqrt(1 - a) * v) / math.sqrt(alpha) + math.sqrt(beta_tilde) * z
 
 
-def predictor(model, x, v, t_hat, rho, z):
-    """Lines 5-8 (Alg. 1) with Ho et al.'s Eq. (7) posterior mean."""
+def predictor(model, x, v, t_hat, rho, z, mu_pred="ho", alg="A1"):
+    """Lines 5-8 (Alg. 1) with Ho et al.'s Eq. (7) posterior mean, or (``as-printed``) the mean
+    as typeset: over √(1-ᾱ_t̂), with √ᾱ_t̂ on x in Alg. 1 line 7 and √α_t̂ in Alg. 2 line 8."""
     a, a_prev = _abar(model, t_hat), _abar(model, t_hat - 1)
     beta = float(model.schedule.betas[t_hat])
     x0 = (x - math.sqrt(1 - a) * v) / math.sqrt(a)
-    mu = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x) / (1 - a)
+    if mu_pred == "ho":
+        mu = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x) / (1 - a)
+    else:
+        on_x = math.sqrt(a) if alg == "A1" else math.sqrt(1 - beta)
+        mu = (math.sqrt(a_prev) * beta * x0 + on_x * (1 - a_prev) * x) / math.sqrt(1 - a)
     return mu + rho * math.sqrt((1 - a_prev) / (1 - a) * beta) * z
 
 
@@ -55,7 +60,7 @@ def sequential(model, N, seed, batch):
     return x
 
 
-def algorithm1(model, N, seed, batch, gamma, rho):
+def algorithm1(model, N, seed, batch, gamma, rho, mu_pred="ho"):
     """Algorithm 1, two procs, literally: returns (x^(0), x^(1)) after the loop."""
     shape = (batch, *model.sample_shape)
     ts, jump = jump_steps(N), 1000 // N
@@ -65,7 +70,7 @@ def algorithm1(model, N, seed, batch, gamma, rho):
     for k in range(N - 1, -1, -1):                             # line 3
         if k != N - 1:                                         # line 4
             t_hat = ts[k] + 1                                  # line 5
-            x_pred = predictor(model, x0, v0, t_hat, rho, _gauss(shape, seed, seeds.PREDICTOR, k, 0))
+            x_pred = predictor(model, x0, v0, t_hat, rho, _gauss(shape, seed, seeds.PREDICTOR, k, 0), mu_pred, "A1")
             x1 = gamma * x1 + (1 - gamma) * x_pred             # line 9
             x0 = x1.clone()                                    # line 10
         z = _gauss(shape, seed, seeds.STEP, k)                 # line 12: shared seed
@@ -75,7 +80,7 @@ def algorithm1(model, N, seed, batch, gamma, rho):
     return x0, x1
 
 
-def algorithm2(model, N, P, seed, batch, gamma, rho, integration="predictor"):
+def algorithm2(model, N, P, seed, batch, gamma, rho, integration="predictor", mu_pred="ho"):
     """Algorithm 2 (P procs) and the ablations; returns the list of every proc's final latent."""
     shape = (batch, *model.sample_shape)
     ts, jump = jump_steps(N), 1000 // N
@@ -91,7 +96,7 @@ def algorithm2(model, N, P, seed, batch, gamma, rho, integration="predictor"):
                     x[p] = gamma * x[p] + (1 - gamma) * x[p - 1]
                 else:
                     z = _gauss(shape, seed, seeds.PREDICTOR, k, p - 1)
-                    x_pred = predictor(model, x[p - 1], v[p - 1], t_hat, rho, z)     # lines 7-9
+                    x_pred = predictor(model, x[p - 1], v[p - 1], t_hat, rho, z, mu_pred, "A2")   # lines 7-9
                     if integration == "predictor":
                         x[p] = gamma * x[p] + (1 - gamma) * x_pred                   # line 10
                     else:                                                            # Fig. 27

@@ -54,6 +54,8 @@ BAD = [
     (2, ["se2p", "--gamma", 1.5], "--gamma"),
     (2, ["se2p", "--rho", 0], "--rho"),
     (2, ["se2p", "--rho", -1], "--rho"),
+    (2, ["se2p", "--sampler", "ddim"], "--sampler"),
+    (2, ["se2p", "--sampler", "iia-ddim"], "--sampler"),
     (2, ["se2p", "--steps", 0], "--steps"),
     (2, ["se2p", "--steps", 1000], "--steps"),
     (2, ["se2p", "--batch", 0], "--batch"),

@@ -28,6 +28,7 @@ JOBS = {
     "precomputed_p2": (2, ["run", "se2p", "--seed-sharing", "precomputed"]),
     "proc0_p3": (3, ["run", "se2p", "--return-latent", "proc0"]),
     "printed_p2": (2, ["run", "se2p", "--mu-pred", "as-printed"]),
+    "printed_p3": (3, ["run", "se2p", "--mu-pred", "as-printed"]),
 }
 
 
@@ -65,6 +66,21 @@ def test_ablations_match_reference(runs, model, variant, P):
     integration = "naive" if variant == "naive" else "predictor-tk1"
     expected = ref.algorithm2(model, STEPS, P, SEED, BATCH, GAMMA, rho, integration)[P - 1]
     assert close(runs[f"{variant}_p{P}"][0], expected.numpy())
+
+
+def test_two_procs_match_algorithm1(runs, model):
+    # pardiff runs Algorithm 1 at P = 2; the reference's algorithm1 is written apart from algorithm2
+    assert close(runs["p2"][0], ref.algorithm1(model, STEPS, SEED, BATCH, GAMMA, RHO)[1].numpy())
+
+
+def test_as_printed_predictor_matches_reference(runs, model):
+    """--mu-pred as-printed: Algorithm 1's typeset line 7 at P = 2 (√ᾱ on x), Algorithm 2's line 8
+    at P = 3 (√α on x), both over √(1-ᾱ)."""
+    # these jobs run at the flags' defaults, γ = 0.015 and ρ = 1.35 (GAMMA, RHO)
+    a1 = ref.algorithm1(model, STEPS, SEED, BATCH, GAMMA, RHO, mu_pred="as-printed")[1]
+    a2 = ref.algorithm2(model, STEPS, 3, SEED, BATCH, GAMMA, RHO, mu_pred="as-printed")[2]
+    assert close(runs["printed_p2"][0], a1.numpy()) and close(runs["printed_p3"][0], a2.numpy())
+    assert not close(runs["printed_p3"][0], ref.algorithm2(model, STEPS, 3, SEED, BATCH, GAMMA, RHO)[2].numpy())
 
 
 def test_reference_algorithm2_with_two_procs_is_algorithm1(model):
