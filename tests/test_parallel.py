@@ -37,13 +37,18 @@ def jobs():
     return out
 
 
+def _not_json(constant):
+    raise ValueError(f"a report holds {constant}, which JSON does not allow (strict parsers refuse the file)")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("parallel")
     out = {}
     for name, (n, args) in jobs().items():
         pardiff(n, *args, *COMMON, "--out", f"{name}.npy", "--report", f"{name}.json", cwd=d)
-        out[name] = (np.load(d / f"{name}.npy"), json.loads((d / f"{name}.json").read_text()))
+        out[name] = (np.load(d / f"{name}.npy"), json.loads((d / f"{name}.json").read_text(),
+                                                            parse_constant=_not_json))
     out["dir"] = d
     return out
 
@@ -78,7 +83,6 @@ def test_tolerance_saves_iterations_and_stays_close(runs, sampler):
         got, report = runs[f"{alg}-{sampler}-1"]
         assert report["iterations"] < bound, (alg, report["iterations"])
         assert np.abs(got - seq).max() < 0.02, (alg, np.abs(got - seq).max())
-    assert runs[f"ps-{sampler}-1"][1]["iterations"] < 50
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

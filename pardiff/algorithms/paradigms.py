@@ -16,7 +16,7 @@ from .. import seeds
 from ..solvers import make_solver
 from .window import Window
 
-LINES = {"init": "PD:init", "eval": "PD:eval", "drift": "PD:picard", "stride": "PD:tolerance",
+LINES = {"init": "PD:init", "eval": "PD:eval", "delta": "PD:picard", "drift": "PD:picard", "stride": "PD:tolerance",
          "new": "PD:slide", "ret": "PD:return"}
 
 

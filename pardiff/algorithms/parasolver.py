@@ -14,7 +14,7 @@ from .. import seeds
 from ..solvers import make_solver
 from .window import BRIDGE, Window
 
-LINES = {"init": "PS-A1:1/Eq.17", "eval": "PS-A1:4", "drift": "PS-A1:6/Eq.13", "stride": "PS-A1:7/Eq.14",
+LINES = {"init": "PS-A1:1/Eq.17", "eval": "PS-A1:4", "delta": "PS-A1:5", "drift": "PS-A1:6/Eq.13", "stride": "PS-A1:7/Eq.14",
          "new": "PS-A1:9/Eq.15", "ret": "PS-A1:ret"}
 
 

@@ -155,7 +155,7 @@ class Window:
                     x0_last = x0_first if l == 0 else solver.predict_x0(x, eps, j)
                 x, history = solver.step(x, eps, j, history, has_history, noise)
             has_history = None                                           # every row has one now
-        with self.ctx.host("drift", self.lines["drift"], iter=k):
+        with self.ctx.host("drift", self.lines["delta"], iter=k):
             delta = {i: phi - self.x[i] for i, phi in zip(starts, x.split(B))}
         hist = dict(zip(starts, history.split(B))) if history is not None else {}
         if not clean:
@@ -215,7 +215,9 @@ class Window:
             change = {i: max(c, settled.get(i, math.inf)) for i, c in change.items()}
         residuals, first = {}, n + p
         for i in points:
-            residuals[i] = math.sqrt(change[i] / self.var[i]) if self.var[i] > 0 else (0.0 if change[i] == 0 else None)
+            # None: no finite residual (σ_i = 0 and a change, or a new point without history, which counts as unsettled)
+            residuals[i] = math.sqrt(change[i] / self.var[i]) if self.var[i] > 0 and math.isfinite(change[i]) \
+                else (0.0 if change[i] == 0 else None)
             if change[i] > tol ** 2 * self.var[i] and i < first:
                 first = i
         self.records.append({"iter": k, "residuals": residuals})
