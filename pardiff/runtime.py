@@ -369,9 +369,10 @@ def _load_coeffs(cfg: RunConfig, model):
         coeffs.check(cfg.sampler, cfg.model, model, grid)
     except ValueError as e:
         raise ConfigError("--coeffs", f"{cfg.coeffs}: {e}") from None
-    if cfg.sampler == "iia-ddim-cfg" and coeffs.guidance != cfg.guidance:
-        raise ConfigError("--guidance", f"the step sizes in {cfg.coeffs} were fitted for guidance "
-                                        f"{coeffs.guidance}, not {cfg.guidance}")
+    if coeffs.guidance != cfg.guidance:        # step sizes fitted on one ε (guided or not) are for that ε only
+        said = lambda w: "no guidance" if w is None else f"guidance {w}"  # noqa: E731
+        raise ConfigError("--guidance", f"the step sizes in {cfg.coeffs} were fitted with {said(coeffs.guidance)}, "
+                                        f"this run has {said(cfg.guidance)}")
     return coeffs
 
 

@@ -98,6 +98,23 @@ def test_a_quantity_that_is_always_zero_gets_step_size_zero():
     assert np.allclose(phi, [2, 0])
 
 
+def test_a_direction_the_data_do_not_determine_keeps_the_default():
+    """Two quantities equal but for 1e-5 noise (IIA-DDIM's at its first step are collinear): G's
+    second eigenvalue is ~1e-10 of the first, below RCOND, so the noise in the target does not
+    pick φ along (1, -1); the fit moves from the default only along what the data determine."""
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    V = [v, v + 1e-5 * torch.randn(6, 40, generator=g, dtype=torch.float64)]
+    target = 2 * v + 1e-4 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    exact = np.linalg.solve(*(lambda t: (t[:4].reshape(2, 2), t[4:6]))(accumulate(V, target).sum(0)))
+    assert abs(exact[0] - exact[1]) > 1                                  # what the noise made of it
+    for default in (np.zeros(2), np.array([0.5, -0.5])):
+        phi, base, fitted = solve(accumulate(V, target), 2, default)
+        assert np.isclose(phi.sum(), 2, atol=1e-3)                       # the determined direction
+        assert np.isclose(phi[0] - phi[1], default[0] - default[1], atol=1e-3)
+        assert fitted < 1e-4 * base
+
+
 def test_samples_are_split_contiguously_over_the_ranks():
     for batch, size in ((8, 2), (7, 3), (3, 3)):
         parts = [share(batch, r, size) for r in range(size)]
@@ -167,7 +184,7 @@ def test_coefficients_file_records_what_they_belong_to(fits):
 
 def test_coefficients_are_refused_for_another_model_grid_or_sampler(fits):
     d = fits["dir"]
-    cases = [(["--sampler", "iia-ddim", "--steps", 20, *MODEL], "refit them for this grid"),
+    cases = [(["--sampler", "iia-ddim", "--steps", 20, *MODEL], "refit them for this run's grid"),
              (["--sampler", "iia-ddim", "--steps", 10, "--model", "gmm:3x8x4"], "not for --model"),
              (["--sampler", "iia-dpmsolver++", "--steps", 10, *MODEL], "not --sampler iia-dpmsolver++")]
     for flags, message in cases:
@@ -177,6 +194,11 @@ def test_coefficients_are_refused_for_another_model_grid_or_sampler(fits):
     r = pardiff(1, "run", "sequential", "--sampler", "iia-ddim-cfg", "--coeffs", "ddim-cfg-1.h5", *SAMPLE,
                 "--steps", 10, "--guidance", 3, "--class-label", 0, cwd=d, check=False)
     assert r.returncode == 2 and "--guidance" in r.stderr
+    # step sizes fitted on the guided ε refused for the unguided one, whatever the sampler
+    base_coefficients("ddim", 10, guidance=3.0).save(d / "ddim-guided.h5")
+    r = pardiff(1, "run", "sequential", "--sampler", "iia-ddim", "--coeffs", "ddim-guided.h5", *SAMPLE,
+                "--steps", 10, cwd=d, check=False)
+    assert r.returncode == 2 and "--guidance" in r.stderr and "fitted with guidance 3.0" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("algorithm", ["parasolver", "paradigms"])

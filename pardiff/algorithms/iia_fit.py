@@ -59,16 +59,30 @@ def accumulate(vectors: list[torch.Tensor], target: torch.Tensor) -> np.ndarray:
                       (y * y).sum((1, 2)).reshape(rows, 1)], 1).cpu().numpy()
 
 
+RCOND = 1e-6       # relative eigenvalue cut of the normal equations (float32 inputs: ~1e-7 relative noise)
+
+
 def solve(terms: np.ndarray, q: int, default: np.ndarray) -> tuple[np.ndarray, float, float]:
     """(φ*, ‖residual‖² at ``default``, ‖residual‖² at φ*) from the per-sample normal equations
     (rows in sample order, summed here in that order).
 
-    A singular G (a quantity that is zero for every sample) gets the least-norm solution."""
+    G sums products of float32 quantities, so a direction along which G's eigenvalue is below
+    RCOND of the largest is rounding noise, not information: IIA-DDIM's two quantities are
+    collinear at its first step (z_1 = α_1 x̂_0 + σ_1 ε_0), and an exact least-squares solve
+    let the noise pick φ = [-1.2, -31] there, and at step 7 a φ that fitted B no better but
+    doubled the error on other noises. Such directions (and those of a quantity that is zero
+    for every sample) keep the default step sizes: φ* = default + the least-norm solution for
+    the change from it, in G's units scaled to a unit diagonal."""
     sums = np.zeros(terms.shape[1])
     for row in terms:                       # a fixed order: the sum does not depend on the ranks
         sums += row
     G, h, c = sums[:q * q].reshape(q, q), sums[q * q:q * q + q], float(sums[-1])
-    phi = np.linalg.lstsq(G, h, rcond=None)[0]
+    # scaled to a unit diagonal first, so that quantities of different sizes (EDM's y − D and
+    # D − D(ỹ) at different σ) are not taken for collinear ones
+    scale = np.sqrt(np.diag(G))
+    scale[scale == 0] = 1.0
+    change = np.linalg.lstsq(G / np.outer(scale, scale), (h - G @ default) / scale, rcond=RCOND)[0]
+    phi = default + change / scale
     residual = lambda p: max(c - 2 * p @ h + p @ G @ p, 0.0)   # noqa: E731  (rounding can dip below 0)
     return phi, residual(default), residual(phi)
 

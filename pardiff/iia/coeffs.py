@@ -82,5 +82,5 @@ class Coefficients:
                              f"{'x'.join(map(str, self.sample_shape))}, not for --model {model_spec!r}")
         grid = np.asarray(grid, dtype=np.float64)
         if grid.shape != self.grid.shape or not np.allclose(grid, self.grid, rtol=1e-9, atol=1e-9):
-            raise ValueError(f"the step sizes were fitted for {len(self.grid)} steps on another timestep grid "
-                             f"(--steps {self.steps}); refit them for this grid")
+            raise ValueError(f"the step sizes were fitted on another timestep grid (fit-iia --steps {self.steps}); "
+                             f"refit them for this run's grid")
