@@ -66,7 +66,11 @@ def main(argv=None) -> int:
                                                                  "window (default: networks,table5)")
     ap.add_argument("--se2p-networks", default="nvlink,h200-mpi-staged",
                     help="networks of the se2p study: names or FILE.json (default: nvlink,h200-mpi-staged)")
+    ap.add_argument("--window-cases", help="comma-separated: only these cases of the window study (default: "
+                                           "WINDOW_CASES and SUBINTERVAL_CASES of bench_parallel.py)")
     args = ap.parse_args(argv)
+    if args.profile.endswith(".json"):         # the simulations run in a work folder
+        args.profile = str(Path(args.profile).resolve())
     model = [args.profile if a == "h200" else a for a in MODEL]
     studies = args.studies.split(",")
     unknown = set(studies) - {"networks", "table5", "se2p", "window"}
@@ -106,6 +110,12 @@ def main(argv=None) -> int:
     window = []
     sweep = [(alg, case) for alg in ("paradigms", "parasolver") for case in WINDOW_CASES] \
         + [("parasolver", case) for case in SUBINTERVAL_CASES]
+    if args.window_cases:
+        chosen = args.window_cases.split(",")
+        unknown = set(chosen) - set(WINDOW_CASES) - set(SUBINTERVAL_CASES)
+        if unknown:
+            ap.error(f"--window-cases: not in the window study: {', '.join(sorted(unknown))}")
+        sweep = [(alg, case) for alg, case in sweep if case in chosen]
     for alg, case in sweep if "window" in studies else []:
         for G in WINDOW_GPUS:
             rep = pardiff(*case_flags(case, alg), *model, "--ranks", G, "--network", "nvlink", cwd=work)
