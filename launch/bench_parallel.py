@@ -170,7 +170,8 @@ def main() -> int:
                     report = json.loads((out / f"{name}.json").read_text())
                     row.update(wall_s=report["wall_s"], nfe=report["nfe"], iterations=report.get("iterations"),
                                model_calls=[r["model_calls"] for r in report["per_rank"]],
-                               gpu_memory_peak_gib=max((r.get("gpu_memory_peak_gib") or 0.0) for r in report["per_rank"]))
+                               gpu_memory_peak_gib=max((r["gpu_memory_peak_gib"] for r in report["per_rank"]
+                                                        if r.get("gpu_memory_peak_gib") is not None), default=None))
                 rows.append(row)
                 print(f"{name}: rc={rc} " + (f"wall {row['wall_s']:.3f} s nfe {row['nfe']} "
                                               f"iters {row['iterations']}" if rc == 0 else ""), flush=True)

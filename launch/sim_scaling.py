@@ -76,6 +76,10 @@ def main(argv=None) -> int:
     unknown = set(studies) - {"networks", "table5", "se2p", "window"}
     if unknown:
         ap.error(f"--studies: unknown {', '.join(sorted(unknown))} (networks, table5, se2p, window)")
+    chosen = args.window_cases.split(",") if args.window_cases else []
+    if set(chosen) - set(WINDOW_CASES) - set(SUBINTERVAL_CASES):      # refused before any simulation runs
+        ap.error(f"--window-cases: not in the window study: "
+                 f"{', '.join(sorted(set(chosen) - set(WINDOW_CASES) - set(SUBINTERVAL_CASES)))}")
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -111,10 +115,6 @@ def main(argv=None) -> int:
     sweep = [(alg, case) for alg in ("paradigms", "parasolver") for case in WINDOW_CASES] \
         + [("parasolver", case) for case in SUBINTERVAL_CASES]
     if args.window_cases:
-        chosen = args.window_cases.split(",")
-        unknown = set(chosen) - set(WINDOW_CASES) - set(SUBINTERVAL_CASES)
-        if unknown:
-            ap.error(f"--window-cases: not in the window study: {', '.join(sorted(unknown))}")
         sweep = [(alg, case) for alg, case in sweep if case in chosen]
     for alg, case in sweep if "window" in studies else []:
         for G in WINDOW_GPUS:

@@ -40,7 +40,6 @@ def test_graphs_do_not_change_a_sequential_sample(tmp_path):
     assert np.array_equal(np.load(tmp_path / "off.npy"), np.load(tmp_path / "on.npy"))
 
 
-
 def test_graphs_of_many_batch_sizes_share_their_memory(tmp_path):
     """ParaDiGMS with a window of 16 on one GPU evaluates every batch size 1..16, each from its
     own CUDA graph; captured largest first into one pool, they hold less than twice what the
@@ -57,6 +56,7 @@ def test_graphs_of_many_batch_sizes_share_their_memory(tmp_path):
     # H100, 2026-11-24: 9.10 GiB against 5.24 (eager warm-up cache + graph pool, each about the
     # largest size's activations); smallest first, it grows with the sum of the sizes
     assert peaks[0] <= 2.0 * peaks[1] + 0.5, f"GiB held: sizes 1..16 {peaks[0]:.2f}, size 16 alone {peaks[1]:.2f}"
+
 
 def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
     """Two MPI ranks on one GPU (no NCCL: it refuses two ranks on one GPU) move latents through
