@@ -69,8 +69,8 @@ def solve(terms: np.ndarray, q: int, default: np.ndarray) -> tuple[np.ndarray, f
     G sums products of float32 quantities, so a direction along which G's eigenvalue is below
     RCOND of the largest is rounding noise, not information: IIA-DDIM's two quantities are
     collinear at its first step (z_1 = α_1 x̂_0 + σ_1 ε_0), and an exact least-squares solve
-    let the noise pick φ = [-1.2, -31] there, and at step 7 a φ that fitted B no better but
-    doubled the error on other noises. Such directions (and those of a quantity that is zero
+    let the noise pick φ there; at |B| = 8 on gmm it chose step sizes that fit B no better but
+    more than doubled the error on other noises (docs/algorithms/iia.md). Such directions (and those of a quantity that is zero
     for every sample) keep the default step sizes: φ* = default + the least-norm solution for
     the change from it, in G's units scaled to a unit diagonal."""
     sums = np.zeros(terms.shape[1])
