@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import pardiff
+from conftest import TEST_ENV, pardiff
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -62,8 +62,9 @@ def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
     """Two MPI ranks on one GPU (no NCCL: it refuses two ranks on one GPU) move latents through
     pinned host buffers; the sample is the simulator's (same GPU arithmetic, bytes copied)."""
     args = ["se2p", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--steps", 10, "--device", "cuda"]
-    pardiff(2, "run", *args, "--out", "real.npy", "--trace", "real.h5", cwd=tmp_path)
-    pardiff(None, "simulate", *args, "--ranks", 2, "--out", "sim.npy", cwd=tmp_path)
+    one_gpu = {**TEST_ENV, "CUDA_VISIBLE_DEVICES": "0"}     # on a machine with more, auto would pick NCCL
+    pardiff(2, "run", *args, "--out", "real.npy", "--trace", "real.h5", cwd=tmp_path, env=one_gpu)
+    pardiff(None, "simulate", *args, "--ranks", 2, "--out", "sim.npy", cwd=tmp_path, env=one_gpu)
     assert np.array_equal(np.load(tmp_path / "real.npy"), np.load(tmp_path / "sim.npy"))
     from pardiff.trace.reader import load_trace
     trace = load_trace(tmp_path / "real.h5")
