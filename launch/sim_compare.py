@@ -28,7 +28,8 @@ from pathlib import Path
 from pardiff.trace.reader import load_trace
 
 RUN_FLAGS = ("model", "steps", "seed", "batch", "dtype", "sampler", "subintervals", "precondition", "window", "tol",
-             "gamma", "rho", "integration", "clean_estimate", "class_label")
+             "gamma", "rho", "integration", "mu_pred", "seed_sharing", "return_latent", "exchange", "clean_estimate",
+             "last_variance", "missing_history", "class_label")
 
 
 def simulate(*args, cwd) -> dict:

@@ -73,6 +73,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     par.add_argument("--clean-estimate", default=d.clean_estimate,
                      help="parasolver line 8: x̂_0 from the window's last subproblem's first step (first, the "
                           "paper) or last step (last, the authors' code)")
+    par.add_argument("--last-variance", default=d.last_variance,
+                     help="parasolver Eq. 14, the last point's σ²: the DDPM variance of the last step, to ᾱ = 1 "
+                          "(step, default: zero, so the last point passes only unchanged) or to timestep 0's ᾱ "
+                          "(authors, their code)")
+    par.add_argument("--missing-history", default=d.missing_history,
+                     help="Eq. 14 for a multistep sampler (dpmsolver, iia-*): a point that has just entered the "
+                          "window has no previous x̂_0 and counts as unsettled (default) or settled, judged by its "
+                          "latent alone (fewer iterations, farther from the sequential sample)")
     se2p = p.add_argument_group("se2p (docs/algorithms/se2p.md)")
     se2p.add_argument("--gamma", type=float, default=d.gamma, help="mixing parameter γ in (0, 1] (default %(default)s)")
     se2p.add_argument("--rho", type=float, default=d.rho, help="variance scaling ρ > 0 (default %(default)s)")

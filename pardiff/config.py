@@ -13,6 +13,7 @@ ALGORITHMS = ("sequential", "se2p", "parasolver", "paradigms", "fit-iia")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver", "edm", "iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++", "biia-edm",
             "iia-edm")
 GRID_SAMPLERS = ("ddpm", "ddim", "dpmsolver", "iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++")
+ONE_STEP_SAMPLERS = ("ddpm", "ddim")     # no history: each step needs only the current latent
 IIA_SAMPLERS = ("iia-ddim", "iia-ddim-cfg", "iia-dpmsolver++", "biia-edm", "iia-edm")
 IIA_SOLVERS = ("ddim", "ddim-cfg", "dpmsolver++", "biia-edm", "iia-edm")
 FIT_TRAJECTORIES = ("iia", "base")
@@ -21,6 +22,8 @@ MU_PRED = ("ho", "as-printed")
 SEED_SHARING = ("message", "precomputed")
 RETURN_LATENT = ("on-grid", "proc0")
 CLEAN_ESTIMATES = ("first", "last")
+LAST_VARIANCES = ("step", "authors")
+MISSING_HISTORY = ("unsettled", "settled")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 CUDA_GRAPHS = ("auto", "on", "off")
@@ -70,6 +73,8 @@ class RunConfig:
     window: int = 10                 # p
     tol: float = 0.1                 # δ
     clean_estimate: str = "first"    # Alg. 1 line 8: x̂_0 at the window's last subproblem's first / last step
+    last_variance: str = "step"      # Eq. 14's σ² of the last point: the last step's (to ᾱ = 1) or the authors' code's (to ᾱ_0)
+    missing_history: str = "unsettled"   # Eq. 14 for a multistep sampler's point without a previous x̂_0
     # SE2P
     gamma: float = 0.015
     rho: float = 1.35
@@ -91,6 +96,8 @@ class RunConfig:
         _choice("--seed-sharing", self.seed_sharing, SEED_SHARING)
         _choice("--return-latent", self.return_latent, RETURN_LATENT)
         _choice("--clean-estimate", self.clean_estimate, CLEAN_ESTIMATES)
+        _choice("--last-variance", self.last_variance, LAST_VARIANCES)
+        _choice("--missing-history", self.missing_history, MISSING_HISTORY)
         _choice("--device", self.device, DEVICES)
         _choice("--dtype", self.dtype, DTYPES)
         _choice("--cuda-graphs", self.cuda_graphs, CUDA_GRAPHS)
@@ -117,6 +124,15 @@ class RunConfig:
             if self.sampler not in GRID_SAMPLERS:
                 raise ConfigError("--sampler", f"{self.algorithm} needs a sampler with one model evaluation "
                                                f"per step: {', '.join(GRID_SAMPLERS)}; got {self.sampler!r}")
+            if self.missing_history != "unsettled" and self.sampler in ONE_STEP_SAMPLERS:
+                raise ConfigError("--missing-history", f"only a multistep sampler's points carry a history; "
+                                                       f"--sampler {self.sampler} has none")
+        if self.last_variance != "step" and self.algorithm != "parasolver":
+            raise ConfigError("--last-variance", "the authors' reading of Eq. 14 is ParaSolver's (paradigms follows "
+                                                 "diffusers' pipeline): use it with parasolver")
+        if self.missing_history != "unsettled" and self.algorithm not in ("parasolver", "paradigms"):
+            raise ConfigError("--missing-history", "is a reading of the parallel solvers' stopping rule: "
+                                                   "use it with parasolver or paradigms")
         if self.guidance is not None and not (abs(self.guidance) < float("inf")):
             raise ConfigError("--guidance", f"must be a finite number, got {self.guidance}")
         if self.algorithm == "fit-iia":

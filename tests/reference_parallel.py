@@ -30,8 +30,9 @@ def _scheduler(sampler, parallel=False):
     return cls(clip_sample=False, steps_offset=1)
 
 
-def parasolver(model, sampler, S, N, M, window, tol, seed, batch, clean_estimate="first"):
-    """Algorithm 1 of ParaSolver, literally; returns (X̂_N, list of strides)."""
+def parasolver(model, sampler, S, N, M, window, tol, seed, batch, clean_estimate="first", last_variance="step"):
+    """Algorithm 1 of ParaSolver, literally; returns (X̂_N, list of strides). ``last_variance="authors"``:
+    the last subinterval's σ² of Eq. 14 ends at timestep 0's ᾱ, as the authors' code has it."""
     shape = (batch, *model.sample_shape)
     sched = _scheduler(sampler)
     sched.set_timesteps(S)
@@ -67,6 +68,8 @@ def parasolver(model, sampler, S, N, M, window, tol, seed, batch, clean_estimate
     def sigma2(i):                                # σ²_{t_i} of Eq. 14: the DDPM posterior variance over subinterval i
         i = min(i, N - 1)
         a, a_next = abar(i * L), abar((i + 1) * L)
+        if i == N - 1 and last_variance == "authors":
+            a_next = float(acp[0])
         return (1 - a_next) / (1 - a) * (1 - a / a_next)
 
     p = min(window, N)

@@ -14,6 +14,8 @@ SAMPLERS = ["ddpm", "ddim", "dpmsolver"]
 COMMON = ["--model", "gmm", "--steps", 50, "--seed", 1, "--batch", 2]
 PS = ["run", "parasolver", "--subintervals", 10, "--precondition", 2, "--window", 10]
 PSW = ["run", "parasolver", "--subintervals", 25, "--precondition", 3, "--window", 6]   # window < N: Lines 8-9 run
+PSV = ["run", "parasolver", "--subintervals", 50, "--precondition", 2, "--window", 10, "--sampler", "ddim",
+       "--tol", 0.05]                                                    # where reading 6 changes the strides
 PD = ["run", "paradigms", "--window", 12]
 PD_TOL = {"ddpm": 0.1, "ddim": 0.01, "dpmsolver": 0.01}     # ParaDiGMS's tolerances (Shih et al. Table 5)
 
@@ -30,6 +32,12 @@ def jobs():
             out[f"pd-{s}-{n}"] = (n, [*PD, "--sampler", s, "--tol", PD_TOL[s]])
             out[f"psw-{s}-{n}"] = (n, [*PSW, "--sampler", s, "--tol", 0.05])
             out[f"psw0-{s}-{n}"] = (n, [*PSW, "--sampler", s, "--tol", 0])
+    for reading in ("step", "authors"):
+        out[f"psv-{reading}-2"] = (2, [*PSV, "--last-variance", reading])
+    for n in (1, 3):
+        out[f"psw-settled-dpmsolver-{n}"] = (n, [*PSW, "--sampler", "dpmsolver", "--tol", 0.05,
+                                                 "--missing-history", "settled"])
+    out["psw0-settled-dpmsolver-1"] = (1, [*PSW, "--sampler", "dpmsolver", "--tol", 0, "--missing-history", "settled"])
     out["psw-last-ddim-2"] = (2, [*PSW, "--sampler", "ddim", "--tol", 0.05, "--clean-estimate", "last"])
     out["ps-n1"] = (2, ["run", "parasolver", "--sampler", "ddim", "--subintervals", 1, "--precondition", 0,
                         "--tol", 0.05])
@@ -115,6 +123,40 @@ def test_parasolver_with_a_sliding_window_matches_the_reference(runs, model, sam
 
 def test_clean_estimate_readings_differ(runs):
     assert not np.array_equal(runs["psw-last-ddim-2"][0], runs["psw-ddim-3"][0])
+
+
+@pytest.mark.parametrize("reading", ["step", "authors"])
+def test_last_variance_readings_match_the_reference(runs, model, reading):
+    x, strides = ref.parasolver(model, "ddim", 50, 50, 2, 10, 0.05, 1, 2, last_variance=reading)
+    got, report = runs[f"psv-{reading}-2"]
+    assert [i["stride"] for i in report["per_iteration"]] == strides
+    assert np.allclose(got, x.numpy(), atol=1e-4)
+
+
+def test_only_the_authors_last_variance_lets_the_last_point_pass_moving(runs):
+    """Reading 6: with the last step's σ² = 0 the last point passes Eq. 14 only unchanged; the
+    authors' nonzero σ² accepts it moving, which saves an iteration here."""
+    step, authors = runs["psv-step-2"][1], runs["psv-authors-2"][1]
+    last = [it["residuals"][-1] for r in (step, authors) for it in r["per_iteration"][-1:]]
+    assert last[0] in (0.0, None) and 0 < last[1] <= 0.05
+    assert authors["iterations"] < step["iterations"]
+
+
+def test_settled_missing_history_reading(runs):
+    """Reading 7's other reading: a new point of a multistep sampler, without a previous x̂_0,
+    is judged by its latent alone: fewer iterations, still the same on any number of ranks, still
+    the sequential sample at δ = 0, and every new point gets a finite residual (where σ > 0)."""
+    unsettled, settled = runs["psw-dpmsolver-1"], runs["psw-settled-dpmsolver-1"]
+    assert settled[1]["iterations"] < unsettled[1]["iterations"]
+    assert np.array_equal(runs["psw-settled-dpmsolver-3"][0], settled[0])
+    seq = runs["seq-dpmsolver"][0]
+    assert np.allclose(runs["psw0-settled-dpmsolver-1"][0], seq, atol=1e-5)
+
+    def no_residual(report):        # points without a finite residual, other than N-1 and N (σ = 0 there)
+        N = report["subintervals"]
+        return [i for it in report["per_iteration"] for i, r in enumerate(it["residuals"], it["begin"] + 1)
+                if r is None and i < N - 1]
+    assert no_residual(settled[1]) == [] and no_residual(unsettled[1]) != []
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -216,6 +258,10 @@ BAD = [
     (["paradigms", "--tol", -0.1], "--tol"),
     (["paradigms", "--window", 0], "--window"),
     (["parasolver", "--clean-estimate", "middle"], "--clean-estimate"),
+    (["parasolver", "--last-variance", "zero"], "--last-variance"),
+    (["paradigms", "--last-variance", "authors"], "--last-variance"),
+    (["parasolver", "--sampler", "ddim", "--missing-history", "settled"], "--missing-history"),
+    (["se2p", "--missing-history", "settled"], "--missing-history"),
 ]
 
 

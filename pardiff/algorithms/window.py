@@ -27,6 +27,7 @@ import math
 import torch
 
 from .. import seeds
+from ..solvers.posterior import posterior_variance
 
 BRIDGE = 3          # seeds stream for initialised points: (iteration + 1, point index)
 BLOCKS_PER_RANK = 4
@@ -59,6 +60,9 @@ class Window:
         self.h: dict[int, torch.Tensor] = {}               # point -> x̂_0 of the sampler step before it
         # σ_i² of Eq. 14: the DDPM posterior variance from point i to i + 1 (the last repeats).
         var = [solver.variance(i * self.L, (i + 1) * self.L) for i in range(self.N)]
+        if ctx.cfg.last_variance == "authors":
+            # reading 6, the authors' code: the last subinterval ends at timestep 0's ᾱ, not at ᾱ = 1 (σ² = 0)
+            var[-1] = float(posterior_variance(solver.alpha_bars[(self.N - 1) * self.L], solver.schedule.alpha_bar(0)))
         self.var = var + var[-1:]
         self.records: list[dict] = []                       # per iteration: this rank's residuals
 
@@ -212,10 +216,12 @@ class Window:
         change = dict(zip(points, values))
         if self.solver.history_slots:
             settled = dict(zip(known, values[len(points):]))
-            change = {i: max(c, settled.get(i, math.inf)) for i, c in change.items()}
+            # reading 7: a point without a previous x̂_0 (just made at Line 9) is unsettled, or settled on request
+            missing = 0.0 if self.ctx.cfg.missing_history == "settled" else math.inf
+            change = {i: max(c, settled.get(i, missing)) for i, c in change.items()}
         residuals, first = {}, n + p
         for i in points:
-            # None: no finite residual (σ_i = 0 and a change, or a new point without history, which counts as unsettled)
+            # None: no finite residual (σ_i = 0 and a change, or an unsettled new point without history)
             residuals[i] = math.sqrt(change[i] / self.var[i]) if self.var[i] > 0 and math.isfinite(change[i]) \
                 else (0.0 if change[i] == 0 else None)
             if change[i] > tol ** 2 * self.var[i] and i < first:

@@ -5,11 +5,11 @@ common=(--model gmm --steps 100 --subintervals 100 --window 20 --precondition 2 
 for s in ddim dpmsolver; do
     python3 -m pardiff run sequential --sampler $s --model gmm --steps 100 --seed 1 --batch 2 --out seq_$s.npy
 done
-python3 readings.py pardiff run parasolver --sampler dpmsolver "${common[@]}" --tol 0.05 --out dpm_pardiff.npy --report dpm_pardiff.json
-python3 readings.py settled run parasolver --sampler dpmsolver "${common[@]}" --tol 0.05 --out dpm_settled.npy --report dpm_settled.json
-python3 readings.py settled run parasolver --sampler dpmsolver "${common[@]}" --tol 0 --out dpm_settled_tol0.npy --report dpm_settled_tol0.json
-python3 readings.py pardiff run parasolver --sampler ddim "${common[@]}" --tol 0.05 --out ddim_pardiff.npy --report ddim_pardiff.json
-python3 readings.py authors-sigma run parasolver --sampler ddim "${common[@]}" --tol 0.05 --out ddim_authors_sigma.npy --report ddim_authors_sigma.json
+python3 -m pardiff run parasolver --sampler dpmsolver "${common[@]}" --tol 0.05 --out dpm_pardiff.npy --report dpm_pardiff.json
+python3 -m pardiff run parasolver --sampler dpmsolver --missing-history settled "${common[@]}" --tol 0.05 --out dpm_settled.npy --report dpm_settled.json
+python3 -m pardiff run parasolver --sampler dpmsolver --missing-history settled "${common[@]}" --tol 0 --out dpm_settled_tol0.npy --report dpm_settled_tol0.json
+python3 -m pardiff run parasolver --sampler ddim "${common[@]}" --tol 0.05 --out ddim_pardiff.npy --report ddim_pardiff.json
+python3 -m pardiff run parasolver --sampler ddim --last-variance authors "${common[@]}" --tol 0.05 --out ddim_authors_sigma.npy --report ddim_authors_sigma.json
 python3 - <<'PY'
 import json
 import numpy as np
