@@ -57,7 +57,7 @@ if has tracing; then # wall time with the trace on and off
     $PARDIFF bench tracing parasolver "${church[@]}" --sampler ddim --steps 50 --subintervals 25 --precondition 5 \
         --window 25 --tol 0.005 --device cuda --repeats 5 --results "$out/tracing_parasolver_ddim50_1gpu.json"
     [ "$gpus" -ge 2 ] && mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
-        --repeats 5 --results "$out/tracing_se2p20_2gpu.json"
+        --repeats 15 --results "$out/tracing_se2p20_2gpu.json"     # 0.2 s runs: more pairs than the long ones
 fi
 if has parallel; then  # parallel vs sequential, side by side, samples checked before any speedup
     gpu_list=1; [ "$gpus" -ge 2 ] && gpu_list=1,2

@@ -47,34 +47,45 @@ def tracing_table(folder):
     files = sorted(p for p in glob.glob(os.path.join(folder, "tracing_*.json")) if not p.endswith(("-on.json", "-off.json")))
     if not files:
         return
-    print("| run | ranks | trace off ms | trace on ms | overhead | runs each |\n|---|---:|---:|---:|---:|---:|")
+    print("| run | ranks | trace off ms (range) | trace on ms (range) | overhead | median of pairs | runs each |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for path in files:
         d = load(path)
         p = d["params"]
+        spread = {m: f"{min(d[f'wall_s_trace_{m}']) * 1e3:.1f}-{max(d[f'wall_s_trace_{m}']) * 1e3:.1f}" for m in ("on", "off")}
+        paired = f"{100 * d['overhead_paired']:+.2f} %" if "overhead_paired" in d else ""   # from 2026-11-24 on
         print(f"| {d['algorithm']} {p['sampler']}-{p['steps']} {p['model']} | {d['world_size']} | "
-              f"{d['median_off_s'] * 1e3:.1f} | {d['median_on_s'] * 1e3:.1f} | {100 * d['overhead']:+.2f} % | {d['repeats']} |")
+              f"{d['median_off_s'] * 1e3:.1f} ({spread['off']}) | {d['median_on_s'] * 1e3:.1f} ({spread['on']}) | "
+              f"{100 * d['overhead']:+.2f} % | {paired} | {d['repeats']} |")
     print()
 
 
 def parallel_table(folder):
-    files = sorted(glob.glob(os.path.join(folder, "parallel", "*.json")))
-    rows = [load(p) for p in files]
-    rows = [d for d in rows if "rows" in d and "case" in d]
-    if not rows:
-        return
-    print("| model | case | algorithm | GPUs | wall s | NFE | iterations | RMS vs sequential | speedup |\n"
-          "|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for d in rows:
-        for r in d["rows"]:
-            if r.get("rc") != 0:
-                print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | failed (rc {r['rc']}) | | | | |")
-                continue
-            rms = r.get("rms_diff_vs_sequential")
-            speed = f"{r['speedup']:.2f}×" if "speedup" in r else \
-                (f"({r['speedup_unchecked']:.2f}×, sample disagrees)" if "speedup_unchecked" in r else "1 (baseline)")
-            print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | {r['wall_s']:.3f} | {r['nfe']} | "
-                  f"{r.get('iterations') or ''} | {'' if rms is None else f'{rms:.4f}'} | {speed} |")
-    print()
+    """Every parallel*/ folder of bench_parallel.py runs, one table each. The check column: a solver's
+    RMS distance to the sequential sample; SE2P makes another sample by design, so its check is the
+    single-process simulation's sample, bit for bit."""
+    for sub in sorted(glob.glob(os.path.join(folder, "parallel*", ""))):
+        rows = [load(p) for p in sorted(glob.glob(os.path.join(sub, "*.json")))]
+        rows = [d for d in rows if "rows" in d and "case" in d]
+        if not rows:
+            continue
+        print(f"{os.path.basename(os.path.dirname(sub))}/ ({rows[0]['date']})\n")
+        print("| model | case | algorithm | GPUs | wall s | NFE | iterations | RMS vs sequential (SE2P: = simulation) "
+              "| speedup |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for d in rows:
+            for r in d["rows"]:
+                if r.get("rc") != 0:
+                    print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | failed (rc {r['rc']}) | | | | |")
+                    continue
+                rms = r.get("rms_diff_vs_sequential")
+                check = "" if rms is None else f"{rms:.4f}"
+                if "equals_simulation" in r:
+                    check = "= simulation" if r["equals_simulation"] else "≠ simulation"
+                speed = f"{r['speedup']:.2f}×" if "speedup" in r else \
+                    (f"({r['speedup_unchecked']:.2f}×, sample disagrees)" if "speedup_unchecked" in r else "1 (baseline)")
+                print(f"| {d['model']} | {d['case']} | {r['algorithm']} | {r['gpus']} | {r['wall_s']:.3f} | {r['nfe']} | "
+                      f"{r.get('iterations') or ''} | {check} | {speed} |")
+        print()
 
 
 def window_table(folder):

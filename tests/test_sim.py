@@ -1,5 +1,6 @@
 """The simulator: the same algorithm code on virtual ranks, replay of traces, and the cost models."""
 import json
+import statistics
 import threading
 
 import numpy as np
@@ -200,6 +201,19 @@ def test_bench_model_writes_a_profile(tmp_path):
             "--out", "p.json", cwd=tmp_path)
     p = Profile.load(str(tmp_path / "p.json"))
     assert p.batch == [1, 2] and len(p.first) == 2 and len(p.host) == 2 and min(p.seconds) > 0
+
+
+def test_bench_tracing_alternates_traced_and_untraced_runs(tmp_path):
+    pardiff(2, "bench", "tracing", "se2p", "--model", "gmm", "--steps", 8, "--exchange", "swap", "--repeats", 3,
+            "--results", "t.json", cwd=tmp_path)
+    d = json.loads((tmp_path / "t.json").read_text())
+    on, off = d["wall_s_trace_on"], d["wall_s_trace_off"]
+    assert d["world_size"] == 2 and d["params"]["exchange"] == "swap" and len(on) == len(off) == 3
+    assert d["overhead"] == pytest.approx(statistics.median(on) / statistics.median(off) - 1)
+    assert d["overhead_paired"] == pytest.approx(statistics.median(a / b for a, b in zip(on, off)) - 1)
+    trace = load_trace(str(tmp_path / "t-trace.h5"))            # the last traced run's
+    assert trace.world_size == 2 and d["trace_bytes"] == (tmp_path / "t-trace.h5").stat().st_size
+    assert not (tmp_path / "t-off-trace.h5").exists()
 
 
 def test_sixty_four_ranks_parasolver(tmp_path):
