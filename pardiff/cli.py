@@ -447,6 +447,12 @@ def _eval(args) -> int:
 
 
 def main(argv=None) -> int:
+    # One-time costs belong before the clock (runtime.warm_up). CUDA loads each kernel at its first
+    # launch by default (lazy loading), which put every kernel of a sampler's step that the network's
+    # warm-up had not launched into the run's first step: 27-51 ms of a DDPM run on an H200, 37 ms
+    # on an H100 (1.8 ms eager; docs/performance.md). Load them when the CUDA context starts; a
+    # CUDA_MODULE_LOADING the user set wins. Before any CUDA call: the context reads it once.
+    os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
     args = build_parser().parse_args(argv)
     if args.command in ("run", "fit-iia"):
         return _run(args)

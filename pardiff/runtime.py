@@ -161,6 +161,7 @@ def _versions(comm: Comm) -> dict:
         v["mpi"] = comm.library_version
     if torch.version.cuda:
         v["cuda"] = torch.version.cuda
+        v["cuda_module_loading"] = os.environ.get("CUDA_MODULE_LOADING", "LAZY (default)")
     return v
 
 

@@ -135,6 +135,23 @@ def test_traced_gpu_run_is_timed_by_cuda_events(tmp_path):
     assert max(new[0]["t_end"]) == pytest.approx(max(ev["t_end"]), rel=1e-6)
 
 
+def test_the_first_step_pays_no_kernel_loading(tmp_path):
+    """One-time costs happen before the clock: with CUDA's lazy kernel loading a DDPM run's first
+    step loaded every step kernel the network's warm-up had not launched (27-51 ms on an H200,
+    ~0.1 ms for the later steps). pardiff loads them when the context starts."""
+    import json
+
+    from pardiff.trace.reader import load_trace
+    pardiff(None, "run", "sequential", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--sampler", "ddpm",
+            "--steps", 10, "--device", "cuda", "--trace", "t.h5", "--report", "r.json", cwd=tmp_path,
+            env={k: v for k, v in TEST_ENV.items() if k != "CUDA_MODULE_LOADING"})
+    assert json.loads((tmp_path / "r.json").read_text())["versions"]["cuda_module_loading"] == "EAGER"
+    ev = load_trace(tmp_path / "t.h5").events[0]
+    host = ev[ev["kind"] == "host"]
+    spans = host["t_end"] - host["t_start"]
+    assert len(spans) == 10 and spans[0] < 0.005, spans[:3]
+
+
 def test_compiled_network_is_close_to_eager_and_graphs_replay_it_exactly():
     """torch.compile's kernels differ from eager ones in the last bits, not more; a CUDA graph
     captured of the compiled pass replays it bit for bit."""
