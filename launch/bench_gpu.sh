@@ -2,7 +2,7 @@
 # Every GPU benchmark of docs/performance.md on one node, results under OUT:
 #
 #   launch/bench_gpu.sh OUT [parts]        parts: any of tests model comm tracing parallel window
-#                                          (default: all but window)
+#                                          two-gpu two-gpu-solvers (default: tests model comm tracing parallel)
 #
 # Uses every GPU the node has (GPUS=N to use fewer); two-GPU parts (NCCL, SE2P, 2-rank solvers)
 # run only where there are two. Needs mpirun/mpiexec on PATH (see launch/mpirun.sh) and pardiff
@@ -67,6 +67,19 @@ if has parallel; then  # parallel vs sequential, side by side, samples checked b
         --cases ddpm-1000 --gpus $gpu_list --compile on --timeout 900 --trace
     [ "$gpus" -ge 2 ] && $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
         --cases se2p-10,se2p-20,se2p-100 --trace
+fi
+# The two-GPU measurements alone, each part sized for one short lease of two GPUs (under 10 minutes):
+# SE2P against its baseline and its tracing overhead; then the solvers' few-step cases on 1 and 2 GPUs.
+if has two-gpu && [ "$gpus" -ge 2 ]; then
+    $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
+        --cases se2p-10,se2p-20,se2p-100 --trace
+    mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
+        --repeats 15 --results "$out/tracing_se2p20_2gpu.json"
+fi
+if has two-gpu-solvers && [ "$gpus" -ge 2 ]; then
+    $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
+        --cases ddim-25,ddim-50,dpmsolver-25 --gpus 1,2 --trace
+    $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models lfw-32 --cases ddpm-1000 --gpus 1,2 --trace
 fi
 if has window; then    # ParaSolver's Figure 1: the window size p (both solvers) and ParaSolver's N, DDPM-1000, 1 GPU
     cases() { $PYTHON -c "import sys; sys.path.insert(0, '$here'); import bench_parallel as b; print(','.join(b.$1))"; }
