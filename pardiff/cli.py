@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     simg.add_argument("--stand-in", action="store_true",
                       help="execute an arch: model's runs with the exact mixture in its shape and schedule, its "
                            "evaluations priced by --profile (large networks are too slow on a CPU)")
+    simg.add_argument("--strides", metavar="REPORT.json",
+                      help="parasolver / paradigms: take the window's strides from a measured run's --report "
+                           "instead of deciding them on this model, so that a --stand-in run makes the measured "
+                           "run's iterations, batches and messages (the decision does not depend on the ranks)")
     _add_run_flags(sim)
 
     bench = sub.add_parser("bench", help="measurements: bench model writes a compute profile")
@@ -308,8 +312,44 @@ def _simulate(args) -> int:
                                   f"not --model {cfg.model} --dtype {cfg.dtype}")
     if args.stand_in and (not cfg.model.startswith("arch:") or profile is None):
         return _flag_error("--stand-in", "replaces an arch: model whose evaluations --profile prices: give both")
+    strides = None
+    if args.strides:
+        try:
+            strides = _measured_strides(args.strides, cfg)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return _flag_error("--strides", e)
     from .sim.execute import simulate
-    return simulate(cfg, args.ranks, network, profile, stand_in=args.stand_in)
+    return simulate(cfg, args.ranks, network, profile, stand_in=args.stand_in, strides=strides,
+                    strides_from=args.strides)
+
+
+def _measured_strides(path: str, cfg: RunConfig) -> list[int]:
+    """The window strides of a measured parasolver / paradigms run (its --report), checked to fit
+    this run's problem: same algorithm, steps, subintervals and window, so every stride is one the
+    window can take here."""
+    import json
+    if cfg.algorithm not in ("parasolver", "paradigms"):
+        raise ValueError(f"only the window solvers (parasolver, paradigms) have strides, not {cfg.algorithm}")
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    if report.get("algorithm") != cfg.algorithm:
+        raise ValueError(f"{path} reports a {report.get('algorithm')!r} run, not {cfg.algorithm}")
+    N = cfg.steps if cfg.algorithm == "paradigms" or cfg.subintervals is None else cfg.subintervals
+    theirs = report["params"]
+    for key, ours in (("steps", cfg.steps), ("window", cfg.window)):
+        if theirs[key] != ours:
+            raise ValueError(f"{path} ran with --{key} {theirs[key]}, this run has {ours}")
+    if report["subintervals"] != N:
+        raise ValueError(f"{path} ran with {report['subintervals']} subintervals, this run has {N}")
+    strides, n = [int(it["stride"]) for it in report["per_iteration"]], 0
+    for k, s in enumerate(strides):
+        if not 1 <= s <= min(cfg.window, N - n):
+            raise ValueError(f"{path}: iteration {k}'s stride {s} does not fit a window of "
+                             f"{min(cfg.window, N - n)} at point {n}")
+        n += s
+    if n != N:
+        raise ValueError(f"{path}: the strides add up to {n}, not to the {N} points of the run")
+    return strides
 
 
 def _bench(args) -> int:

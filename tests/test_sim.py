@@ -243,6 +243,41 @@ def test_simulate_flag_errors(tmp_path, args, flag):
     assert r.returncode == 2 and flag in r.stderr, r.stderr
 
 
+PS_WINDOW = ["--model", "gmm", "--sampler", "ddim", "--steps", 50, "--subintervals", 25, "--precondition", 3,
+             "--window", 6, "--seed", 1]
+
+
+def test_simulate_follows_a_measured_runs_strides(tmp_path):
+    """--strides: the simulated run makes the measured run's iterations, windows and NFE even where
+    its own model would decide otherwise (here δ = 0, which alone sweeps point by point)."""
+    pardiff(None, "run", "parasolver", *PS_WINDOW, "--tol", 0.05, "--report", "real.json", cwd=tmp_path)
+    pardiff(None, "simulate", "parasolver", "--ranks", 3, *PS_WINDOW, "--tol", 0, "--strides", "real.json",
+            "--report", "sim.json", cwd=tmp_path)
+    pardiff(None, "simulate", "parasolver", "--ranks", 3, *PS_WINDOW, "--tol", 0, "--report", "own.json", cwd=tmp_path)
+    real, sim, own = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("real", "sim", "own"))
+    columns = lambda r: [(i["begin"], i["window"], i["stride"], i["nfe"]) for i in r["per_iteration"]]  # noqa: E731
+    assert columns(sim) == columns(real) and sim["nfe"] == real["nfe"] and sim["strides_from"] == "real.json"
+    assert own["iterations"] > real["iterations"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["parasolver", *PS_WINDOW[:-4], "--window", 8], "--window 6"),
+    (["paradigms", "--model", "gmm", "--sampler", "ddim", "--steps", 50, "--window", 6], "'parasolver' run"),
+    (["se2p", "--model", "gmm"], "only the window solvers"),
+    (["parasolver", *PS_WINDOW, "--tamper"], "add up to"),
+])
+def test_strides_that_do_not_fit_are_refused(tmp_path, args, message):
+    pardiff(None, "run", "parasolver", *PS_WINDOW, "--tol", 0.05, "--report", "real.json", cwd=tmp_path)
+    if "--tamper" in args:
+        args = args[:-1]
+        report = json.loads((tmp_path / "real.json").read_text())
+        report["per_iteration"].pop()
+        (tmp_path / "real.json").write_text(json.dumps(report))
+    r = pardiff(None, "simulate", args[0], "--ranks", 2, *args[1:], "--strides", "real.json", cwd=tmp_path,
+                check=False)
+    assert r.returncode == 2 and "--strides" in r.stderr and message in r.stderr, r.stderr
+
+
 def test_profile_for_another_model_is_refused(tmp_path):
     prof = _profile_file(tmp_path / "p.json", model="arch:sd2-unet")
     r = pardiff(None, "simulate", "se2p", "--ranks", 2, "--profile", prof, cwd=tmp_path, check=False)

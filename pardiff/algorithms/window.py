@@ -226,6 +226,9 @@ class Window:
                 else (0.0 if change[i] == 0 else None)
             if change[i] > tol ** 2 * self.var[i] and i < first:
                 first = i
+        scripted = getattr(self.comm, "scripted_strides", None)
+        if scripted is not None:        # pardiff simulate --strides: a measured run's decision, priced here
+            first = n + scripted[k]
         self.records.append({"iter": k, "residuals": residuals})
         f = torch.tensor([first], dtype=torch.int64)
         self.comm.allreduce(f, "min", label="residual", line=self.lines["stride"], iter=k)

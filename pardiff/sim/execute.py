@@ -53,11 +53,16 @@ def stand_in_model(spec: str, device):
     return model
 
 
-def simulate(cfg, ranks: int, network, profile=None, stand_in: bool = False) -> int:
-    """Run ``cfg.algorithm`` on ``ranks`` virtual ranks; returns the job's exit status."""
+def simulate(cfg, ranks: int, network, profile=None, stand_in: bool = False, strides=None, strides_from=None) -> int:
+    """Run ``cfg.algorithm`` on ``ranks`` virtual ranks; returns the job's exit status.
+
+    ``strides``: the window solvers take these strides (a measured run's, --strides) instead of
+    deciding them on this model (algorithms/window.py, Window.first_unconverged)."""
     world = World(ranks, network, profile)
     attrs = {"network": network.to_dict(), "profile": profile.to_dict() if profile else "thread-time",
              "stand_in": f"gmm in the shape of {cfg.model}" if stand_in else "none"}
+    if strides is not None:
+        attrs["strides_from"] = strides_from
     codes = [0] * ranks
     loader = shared_loader(stand_in)
     torch.set_num_threads(1)            # one core's worth per rank, as a real rank on a shared node
@@ -65,6 +70,7 @@ def simulate(cfg, ranks: int, network, profile=None, stand_in: bool = False) -> 
     def rank_main(r: int):
         comm = VirtualComm(world, r)
         comm.trace_attrs = attrs
+        comm.scripted_strides = strides
         try:
             codes[r] = run(cfg, comm, ALGORITHMS[cfg.algorithm], loader=loader)
         except SystemExit as e:
