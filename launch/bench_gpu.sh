@@ -22,6 +22,11 @@ nvidia-smi -L > "$out/gpus.txt" 2>&1 || true
 mpi() { "$here/mpirun.sh" "$@"; }
 church=(--model arch:ddpm-church-256 --dtype float16)
 has() { [[ " $parts " == *" $1 "* ]]; }
+# SE2P on 2 GPUs against its 1-GPU baseline, and its tracing overhead (in parallel/tracing, and in two-gpu)
+se2p_vs_baseline() { $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
+    --cases se2p-10,se2p-20,se2p-100 --trace; }
+se2p_tracing() { mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
+    --repeats 15 --results "$out/tracing_se2p20_2gpu.json"; }      # 0.2 s runs: more pairs than the long ones
 
 if has tests; then   # graphs = eager bit for bit; pinned staging between ranks on one GPU
     $PYTHON -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$out/test_gpu.log" 2>&1 \
@@ -56,8 +61,7 @@ if has tracing; then # wall time with the trace on and off
         --results "$out/tracing_sequential_lfw32_ddpm1000.json"     # a small model: the host's share is largest
     $PARDIFF bench tracing parasolver "${church[@]}" --sampler ddim --steps 50 --subintervals 25 --precondition 5 \
         --window 25 --tol 0.005 --device cuda --repeats 5 --results "$out/tracing_parasolver_ddim50_1gpu.json"
-    [ "$gpus" -ge 2 ] && mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
-        --repeats 15 --results "$out/tracing_se2p20_2gpu.json"     # 0.2 s runs: more pairs than the long ones
+    [ "$gpus" -ge 2 ] && se2p_tracing
 fi
 if has parallel; then  # parallel vs sequential, side by side, samples checked before any speedup
     gpu_list=1; [ "$gpus" -ge 2 ] && gpu_list=1,2
@@ -65,16 +69,13 @@ if has parallel; then  # parallel vs sequential, side by side, samples checked b
         --cases ddpm-1000,ddim-50,ddim-25,dpmsolver-25 --gpus $gpu_list --trace
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel-compiled" --models arch:ddpm-church-256,lfw-32 \
         --cases ddpm-1000 --gpus $gpu_list --compile on --timeout 900 --trace
-    [ "$gpus" -ge 2 ] && $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
-        --cases se2p-10,se2p-20,se2p-100 --trace
+    [ "$gpus" -ge 2 ] && se2p_vs_baseline
 fi
 # The two-GPU measurements alone, each part sized for one short lease of two GPUs (under 10 minutes):
 # SE2P against its baseline and its tracing overhead; then the solvers' few-step cases on 1 and 2 GPUs.
 if has two-gpu && [ "$gpus" -ge 2 ]; then
-    $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
-        --cases se2p-10,se2p-20,se2p-100 --trace
-    mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
-        --repeats 15 --results "$out/tracing_se2p20_2gpu.json"
+    se2p_vs_baseline
+    se2p_tracing
 fi
 if has two-gpu-solvers && [ "$gpus" -ge 2 ]; then
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \

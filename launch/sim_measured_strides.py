@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-# the run flags that shape the work (sim_compare.py re-executes traces with the same set)
-RUN_FLAGS = ("model", "steps", "seed", "batch", "dtype", "sampler", "subintervals", "precondition", "window", "tol",
-             "clean_estimate", "last_variance", "missing_history", "class_label")
+from sim_compare import RUN_FLAGS            # the run flags that shape the work, as sim_compare re-executes traces
+from sim_compare import simulate as _simulate
 
 
 def simulate(*args) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        report = Path(d) / "r.json"
-        cmd = [sys.executable, "-m", "pardiff", "simulate", *map(str, args), "--report", str(report)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-        return json.loads(report.read_text())
+    return _simulate(*args, cwd=Path.cwd())
 
 
 def flags_of(params: dict, keys=RUN_FLAGS) -> list:
