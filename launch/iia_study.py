@@ -9,7 +9,7 @@ to --out-dir. --nfe keeps only some NFE budgets; the guided reference is compute
 among --solvers (an unconditional model such as lfw-32 has no classes).
 
     python3 launch/iia_study.py --out-dir traces/results/<date>_cpu_iia
-    python3 launch/iia_study.py --model lfw-32 --solvers ddim --fit-batch 32 --test-batch 16 --b-sweep --out-dir DIR
+    python3 launch/iia_study.py --model lfw-32 --solvers ddim --fit-batch 32 --test-batch 16 --b-sweep --out-dir DIR   # bare --b-sweep: no |B| sweep
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-batch", type=int, default=32)
     ap.add_argument("--solvers", nargs="*", default=list(SOLVERS))
     ap.add_argument("--b-sweep", nargs="*", type=int, default=[8, 16, 32, 64, 128],
-                    help="|B| values for IIA-DDIM at NFE 10 (how the fit generalises to other noises)")
+                    help="|B| values for IIA-DDIM at NFE 10 (how the fit generalises to other noises); "
+                         "the flag with no values skips that sweep")
     ap.add_argument("--nfe", nargs="*", type=int, help="only these NFE budgets (default: all of each solver's)")
     ap.add_argument("--reference-steps", type=int, default=1000, help="DDIM steps of the reference (default 1000)")
     ap.add_argument("--keep-samples", action="store_true", help="keep the samples (.npy) in --out-dir/samples")

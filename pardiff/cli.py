@@ -437,7 +437,11 @@ def _bench(args) -> int:
 def _trace(args) -> int:
     from .trace.reader import load_trace
     if args.trace_command == "merge":
+        from .trace.format import parts_dir
         from .trace.writer import merge_parts
+        if not os.path.isdir(parts_dir(args.file)):
+            where = "already merged: " if os.path.isfile(args.file) else ""
+            return _error(f"{where}no rank parts to merge in {parts_dir(args.file)}")
         ranks = merge_parts(args.file)
         print(f"merged ranks {ranks} into {args.file}")
         return 0

@@ -132,6 +132,8 @@ def test_failing_rank_aborts_the_job_and_keeps_its_trace(tmp_path):
     pardiff(None, "trace", "merge", "t.h5", cwd=tmp_path)
     merged = load_trace(str(tmp_path / "t.h5"))
     assert merged.events[1]["line"].tolist() == ["FAIL:1", "FAIL:2"]
+    again = pardiff(None, "trace", "merge", "t.h5", cwd=tmp_path, check=False)
+    assert again.returncode == 2 and "already merged" in again.stderr and "Traceback" not in again.stderr
     # rank 0 was killed while waiting: its flushed rows survive, the buffered tail is lost
     from pardiff.trace.writer import FLUSH_ROWS
     assert merged.events[0]["line"].tolist() == ["FAIL:0"] * FLUSH_ROWS
