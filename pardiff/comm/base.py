@@ -35,7 +35,10 @@ def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """A writable uint8 numpy view of a contiguous CPU tensor's memory (no copy)."""
     if not tensor.is_contiguous():
         raise ValueError("Comm needs contiguous tensors (call .contiguous() first)")
-    return tensor.reshape(-1).view(torch.uint8).numpy()
+    try:        # one torch call, the rest numpy's: torch calls cost microseconds of host time each
+        return tensor.numpy().reshape(-1).view(np.uint8)
+    except TypeError:       # a dtype numpy lacks (bfloat16, float8): reinterpret it in torch
+        return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
 def device_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -174,7 +177,7 @@ class Comm:
             buf, path = byte_view(tensor.to("cpu")), "staged"
         else:
             pinned = to_pinned(self.pinned, tensor.contiguous())
-            buf, path = pinned.numpy(), "pinned"
+            buf, path = pinned.array, "pinned"
             release = lambda: self.pinned.release(pinned)  # noqa: E731
         request = None
         if blocking:
@@ -204,7 +207,7 @@ class Comm:
             buf, path = byte_view(staged), "staged"
         else:
             staged = self.pinned.acquire(out.numel() * out.element_size())
-            buf, path = staged.numpy(), "pinned"
+            buf, path = staged.array, "pinned"
         self._probe(source, tag)
         t_ready = self.recorder.now()
         self._recv_bytes(buf, source, tag)

@@ -6,63 +6,79 @@ A pageable buffer (``tensor.to("cpu")``) makes the driver copy through its own p
 bounce buffer, at a fraction of the bus bandwidth; a page-locked (pinned) buffer is copied
 by DMA at full speed, and the copy into the GPU on receipt can run asynchronously while
 the host goes on. ``PinnedPool`` keeps such buffers for reuse: pinning is slow (a system
-call that locks pages), so it is paid once per message size, not per message.
+call that locks pages), so it is paid once per message size, not per message. Each buffer
+also keeps what a message needs besides its memory (its numpy view for MPI, its view as the
+tensor being sent, its CUDA event): on the H100 machine's host a torch view cost ~4 µs and
+a fresh CUDA event recorded ~13 µs, a third of what pardiff added to a staged message
+(launch/probe_staging.py, docs/performance.md).
 """
 from __future__ import annotations
 
 import torch
 
 
-class PinnedPool:
-    """Reusable page-locked host buffers, one per message in flight.
+class PinnedBuffer:
+    """A page-locked host buffer of ``nbytes`` bytes: ``array`` (numpy uint8) is what the
+    transport reads and writes, ``like(tensor)`` the same memory as ``tensor``'s dtype and shape,
+    ``event`` is recorded after the last GPU copy that reads or writes it."""
 
-    ``acquire(nbytes)`` gives a free buffer (uint8, exactly ``nbytes``); ``release(buf, event)``
-    returns it once ``event`` (a CUDA event recorded after the last GPU copy reading or writing
-    it, or None) has completed.
+    def __init__(self, nbytes: int):
+        self.bytes = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.array = self.bytes.numpy()
+        self.event = torch.cuda.Event()      # never recorded: query() is True
+        self._views = {}
+
+    def like(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.dtype, tensor.shape)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self.bytes.view(tensor.dtype).view(tensor.shape)
+        return view
+
+
+class PinnedPool:
+    """Reusable pinned buffers, one per message in flight.
+
+    ``acquire(nbytes)`` gives a free buffer of exactly ``nbytes``; ``release(buf)`` returns it,
+    to be reused once the GPU has passed its event (at once if nothing was recorded since it
+    was last free).
     """
 
     def __init__(self):
-        self._free: dict[int, list[torch.Tensor]] = {}
-        self._busy: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._free: dict[int, list[PinnedBuffer]] = {}
+        self._busy: list[PinnedBuffer] = []
 
-    def acquire(self, nbytes: int) -> torch.Tensor:
-        still_busy = []
-        for buf, event in self._busy:
-            if event is None or event.query():
-                self._free.setdefault(buf.numel(), []).append(buf)
-            else:
-                still_busy.append((buf, event))
-        self._busy = still_busy
+    def acquire(self, nbytes: int) -> PinnedBuffer:
+        if self._busy:
+            still_busy = []
+            for buf in self._busy:
+                if buf.event.query():
+                    self._free.setdefault(buf.array.nbytes, []).append(buf)
+                else:
+                    still_busy.append(buf)
+            self._busy = still_busy
         free = self._free.get(nbytes)
-        if free:
-            return free.pop()
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return free.pop() if free else PinnedBuffer(nbytes)
 
-    def release(self, buf: torch.Tensor, event=None) -> None:
-        self._busy.append((buf, event))
+    def release(self, buf: PinnedBuffer) -> None:
+        self._busy.append(buf)
 
 
-def host_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The uint8 buffer ``buf`` seen as a tensor of ``like``'s dtype and shape."""
-    return buf.view(like.dtype).view(like.shape)
-
-
-def to_pinned(pool: PinnedPool, tensor: torch.Tensor) -> torch.Tensor:
+def to_pinned(pool: PinnedPool, tensor: torch.Tensor) -> PinnedBuffer:
     """Copy a GPU tensor into a pinned buffer of the pool; returns the buffer, the copy complete.
 
     The copy is queued on the current stream behind the kernels that produced ``tensor``,
     then the host waits for that stream: the one synchronisation a host transport needs."""
     buf = pool.acquire(tensor.numel() * tensor.element_size())
-    host_view(buf, tensor).copy_(tensor, non_blocking=True)
+    buf.like(tensor).copy_(tensor, non_blocking=True)
     torch.cuda.current_stream(tensor.device).synchronize()
     return buf
 
 
-def from_pinned(pool: PinnedPool, buf: torch.Tensor, out: torch.Tensor) -> None:
+def from_pinned(pool: PinnedPool, buf: PinnedBuffer, out: torch.Tensor) -> None:
     """Queue the copy of a received pinned buffer into GPU tensor ``out`` without waiting;
     the buffer returns to the pool when that copy has run. Later kernels on the current
     stream see the data (stream order)."""
-    out.copy_(host_view(buf, out), non_blocking=True)
-    event = torch.cuda.Event()
-    event.record(torch.cuda.current_stream(out.device))
-    pool.release(buf, event)
+    out.copy_(buf.like(out), non_blocking=True)
+    buf.event.record(torch.cuda.current_stream(out.device))
+    pool.release(buf)
