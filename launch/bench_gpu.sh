@@ -76,6 +76,9 @@ fi
 if has two-gpu && [ "$gpus" -ge 2 ]; then
     se2p_vs_baseline
     se2p_tracing
+    # pinned staging again since its buffers keep their views and events (2026-11-24)
+    mpi 2 bench comm --device cuda --staging pinned --sizes 8,1024,65536,786432,8388608 \
+        --out "$out/comm_mpi_pinned.json"
 fi
 if has two-gpu-solvers && [ "$gpus" -ge 2 ]; then
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \
