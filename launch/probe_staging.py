@@ -21,6 +21,8 @@ turns in rounds (so drift of the machine hits them alike); each row is the media
     comm cpu         Comm.isend + Comm.recv + wait of CPU tensors (Comm, trace rows, MPI)
     comm gpu         the same of GPU tensors: pardiff's pinned path end to end
 
+and "mpi host" and "comm cpu" once more back to back, without synchronisations (", no sync").
+
 ``comm gpu - raw staged`` is what pardiff adds to a staged message; ``raw staged - copies -
 mpi host`` what staging costs MPI beyond a host-to-host transfer between warm buffers. Then the
 price of single Python/torch calls the pinned path makes (no synchronisation), and a cProfile of
@@ -154,6 +156,11 @@ def main() -> int:
         row.update({f"{name} us": statistics.median(t) * 1e6 for name, t in times.items()})
         row["pardiff beyond raw staged us"] = row["comm gpu us"] - row["raw staged us"]
         row["staged mpi beyond copies and host mpi us"] = row["raw staged us"] - row["copies us"] - row["mpi host us"]
+        # host messages again, back to back without the device synchronisations around each call
+        # (those cost microseconds themselves and disturb the caches): what Comm adds to MPI
+        for name, fn in (("mpi host, no sync us", variants["mpi host"]), ("comm cpu, no sync us", variants["comm cpu"])):
+            row[name] = statistics.median(call_us(fn, 400) for _ in range(5))
+        row["comm beyond mpi, host, no sync us"] = row["comm cpu, no sync us"] - row["mpi host, no sync us"]
         if nbytes == 786432:
             profile = cProfile.Profile()
             profile.enable()
