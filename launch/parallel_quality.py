@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         d = (samples[t].astype(np.float64) - seq).reshape(len(seq), -1)
         per = np.sqrt((d ** 2).mean(1))
         errors[t] = {"rms": float(np.sqrt((d ** 2).mean())), "rms_per_sample_se": float(per.std(ddof=1) /
-                     math.sqrt(len(per))), "max_abs": float(np.abs(d).max())}
+                     math.sqrt(len(per))), "rms_per_sample_max": float(per.max()), "max_abs": float(np.abs(d).max())}
         diffs[t] = paired(samples[t], seq, net)
 
     meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "ranks": args.ranks, "steps": STEPS,
