@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "run's iterations, batches and messages (the decision does not depend on the ranks)")
     _add_run_flags(sim)
 
-    bench = sub.add_parser("bench", help="measurements: bench model writes a compute profile")
+    bench = sub.add_parser("bench", help="measurements: model (evaluation time per batch, a simulator "
+                           "profile), comm (message time per size), tracing (trace on vs off)")
     bsub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     bmodel = bsub.add_parser("model", help="a model's evaluation time per batch size (a simulator profile)")
     bmodel.add_argument("--model", default="gmm")
