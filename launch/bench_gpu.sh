@@ -27,6 +27,8 @@ se2p_vs_baseline() { $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --m
     --cases se2p-10,se2p-20,se2p-100 --trace; }
 se2p_tracing() { mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cuda --exchange swap \
     --repeats 15 --results "$out/tracing_se2p20_2gpu.json"; }      # 0.2 s runs: more pairs than the long ones
+sizes=8,1024,65536,786432,8388608
+staged_comm() { mpi 2 bench comm --device cuda --staging "$1" --sizes $sizes --out "$out/comm_mpi_$1.json"; }
 
 if has tests; then   # graphs = eager bit for bit; pinned staging between ranks on one GPU
     $PYTHON -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$out/test_gpu.log" 2>&1 \
@@ -44,10 +46,8 @@ if has model; then   # ε evaluation time per batch size, eager and from CUDA gr
     $PYTHON "$here/probe_se2p_step.py" "$out/se2p_step_compiled.json" --compile on
 fi
 if has comm; then    # one-way message time per size and path
-    sizes=8,1024,65536,786432,8388608
-    for staging in pinned pageable; do
-        mpi 2 bench comm --device cuda --staging $staging --sizes $sizes --out "$out/comm_mpi_$staging.json"
-    done
+    staged_comm pinned
+    staged_comm pageable
     # Open MPI's own host-to-host time, no GPU: what staging adds to it is the copies
     mpi 2 bench comm --device cpu --sizes $sizes --out "$out/comm_mpi_host.json"
     [ "$gpus" -ge 2 ] && mpi 2 bench comm --device cuda --transport nccl --sizes $sizes --out "$out/comm_nccl.json"
@@ -76,9 +76,8 @@ fi
 if has two-gpu && [ "$gpus" -ge 2 ]; then
     se2p_vs_baseline
     se2p_tracing
-    # pinned staging again since its buffers keep their views and events (2026-11-24)
-    mpi 2 bench comm --device cuda --staging pinned --sizes 8,1024,65536,786432,8388608 \
-        --out "$out/comm_mpi_pinned.json"
+    # the pinned path changed after the only 2-GPU comm measurement: measure it here too
+    has comm || staged_comm pinned
 fi
 if has two-gpu-solvers && [ "$gpus" -ge 2 ]; then
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \

@@ -18,7 +18,7 @@ turns in rounds (so drift of the machine hits them alike); each row is the media
     mpi pinned       the same between two pinned buffers the GPU does not touch
     raw staged       copy GPU->pinned A, sync, MPI A -> pinned B, copy B->GPU: a staged message
                      with nothing of pardiff in it
-    comm cpu         Comm.isend + Comm.recv + wait of CPU tensors (Comm, trace rows, MPI)
+    comm cpu         Comm.isend + Comm.recv + wait of CPU tensors (Comm and its recorder, MPI)
     comm gpu         the same of GPU tensors: pardiff's pinned path end to end
 
 and "mpi host" and "comm cpu" once more back to back, without synchronisations (", no sync").
@@ -26,8 +26,9 @@ and "mpi host" and "comm cpu" once more back to back, without synchronisations (
 ``comm gpu - raw staged`` is what pardiff adds to a staged message; ``raw staged - copies -
 mpi host`` what staging costs MPI beyond a host-to-host transfer between warm buffers. Then the
 price of single Python/torch calls the pinned path makes (no synchronisation), and a cProfile of
-the 786 KB ``comm gpu`` loop. It uses only Comm's public API, so it times any version of pardiff
-(run it from an older version's folder with that folder on PYTHONPATH).
+the 786 KB ``comm gpu`` loop. It needs of pardiff only ``Comm.isend`` / ``recv`` and the comm's
+pinned pool (since commit 65ffd7a), so it times older versions too: run it from an older
+version's folder with that folder on PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -54,26 +55,37 @@ def call_us(fn, calls: int = 20000) -> float:
 
 
 def summarize(folder: str) -> int:
-    """Median, range and the median of paired ratios to the first version, per size and column,
-    over runs saved as FOLDER/staging_<version>_<rep>.json (alternating versions, one job)."""
+    """Median and range per size and column over runs saved as FOLDER/staging_<version>_<rep>.json
+    (versions alternating in one job), and each version's median ratio to the baseline's run of
+    the same rep, where both are positive. The baseline is the version named "old" if there is
+    one, else the first by name."""
     runs = {}
     for path in sorted(Path(folder).glob("staging_*_*.json")):
-        version, rep = path.stem.split("_")[1:3]
-        runs.setdefault(version, {})[int(rep)] = json.loads(path.read_text())["rows"]
+        version, rep = path.stem[len("staging_"):].rsplit("_", 1)
+        rows = json.loads(path.read_text())["rows"]
+        runs.setdefault(version, {})[int(rep)] = {row["nbytes"]: row for row in rows}
     if not runs:
         raise SystemExit(f"--summarize: no staging_<version>_<rep>.json in {folder}")
     versions = sorted(runs, key=lambda v: (v != "old", v))
-    first = versions[0]
-    for index, row in enumerate(runs[first][min(runs[first])]):
-        print(f"\n{row['nbytes']} B, median over runs [min-max], paired ratio to {first}")
-        for column in [k for k in row if k.endswith(" us")]:
+    base = runs[versions[0]]
+    for nbytes in sorted({n for reps in runs.values() for rows in reps.values() for n in rows}):
+        print(f"\n{nbytes} B, median over runs [min-max], median ratio to {versions[0]} (same rep)")
+        columns = dict.fromkeys(k for reps in runs.values() for rows in reps.values()     # in row order
+                                for k in rows.get(nbytes, {}) if k.endswith(" us"))
+        for column in columns:
             cells = []
             for version in versions:
-                values = {rep: rows[index][column] for rep, rows in runs[version].items()}
-                cell = f"{version} {statistics.median(values.values()):7.1f} [{min(values.values()):.1f}-{max(values.values()):.1f}]"
-                if version != first:
-                    paired = [values[r] / runs[first][r][index][column] for r in values if r in runs[first]]
-                    cell += f" x{statistics.median(paired):.2f}"
+                values = {rep: rows[nbytes][column] for rep, rows in runs[version].items()
+                          if column in rows.get(nbytes, {})}
+                if not values:
+                    cells.append(f"{version} -")
+                    continue
+                cell = (f"{version} {statistics.median(values.values()):7.1f} "
+                        f"[{min(values.values()):.1f}-{max(values.values()):.1f}]")
+                pairs = [(value, base[rep][nbytes][column]) for rep, value in values.items()
+                         if column in base.get(rep, {}).get(nbytes, {})]
+                if runs[version] is not base and pairs and all(a > 0 and b > 0 for a, b in pairs):
+                    cell += f" x{statistics.median(a / b for a, b in pairs):.2f}"
                 cells.append(cell)
             print(f"  {column:42s} " + "   ".join(cells))
     return 0
@@ -102,6 +114,9 @@ def main() -> int:
         raise SystemExit("probe_staging.py runs on one rank (mpirun -n 1)")
     if not torch.cuda.is_available():
         raise SystemExit("probe_staging.py needs a GPU")
+    if comm.cuda_aware:     # Comm would hand MPI the GPU pointers: no staging to take apart
+        raise SystemExit("probe_staging.py: this MPI is CUDA-aware (or PARDIFF_CUDA_AWARE_MPI=1): "
+                         "GPU tensors are not staged")
     dev = torch.device("cuda", 0)
     torch.cuda.set_device(dev)
 

@@ -443,7 +443,10 @@ def _trace(args) -> int:
         if not os.path.isdir(parts_dir(args.file)):
             where = "already merged: " if os.path.isfile(args.file) else ""
             return _error(f"{where}no rank parts to merge in {parts_dir(args.file)}")
-        ranks = merge_parts(args.file)
+        try:
+            ranks = merge_parts(args.file)
+        except OSError as e:            # an empty parts folder, a truncated or unreadable part
+            return _error(e)
         print(f"merged ranks {ranks} into {args.file}")
         return 0
     try:

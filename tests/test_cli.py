@@ -143,6 +143,10 @@ def test_failing_rank_aborts_the_job_and_keeps_its_trace(tmp_path):
 def test_trace_tool_errors(tmp_path):
     result = pardiff(None, "trace", "summary", "missing.h5", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "missing.h5" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "empty.h5.parts").mkdir()          # a run that died before any rank wrote
+    for name, says in (("missing.h5", "no rank parts to merge"), ("empty.h5", "no rank part files")):
+        result = pardiff(None, "trace", "merge", name, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_models_lists_names():

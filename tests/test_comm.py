@@ -100,28 +100,24 @@ def test_trace_rows_and_clock_alignment(tmp_path_factory):
 
 def test_pinned_pool_reuses_a_buffer_only_after_the_gpu_passed_its_event(monkeypatch):
     """The pool's bookkeeping (pinned memory itself needs a GPU: tests/test_gpu.py): a released
-    buffer comes back for the same size once its event has completed, never while a copy may
+    buffer comes back for the same size once its copies have run, never while a copy may
     still read or write it."""
     from pardiff.comm import staging
 
-    class FakeEvent:
-        done = True
-
-        def query(self):
-            return self.done
-
     class FakeBuffer:
         def __init__(self, nbytes):
-            self.array, self.event = np.zeros(nbytes, dtype=np.uint8), FakeEvent()
+            self.array, self.copy_pending = np.zeros(nbytes, dtype=np.uint8), False
+
+        def idle(self):
+            return not self.copy_pending
 
     monkeypatch.setattr(staging, "PinnedBuffer", FakeBuffer)
     pool = staging.PinnedPool()
     a = pool.acquire(64)
-    assert pool.acquire(64) is not a                      # a is in use: another buffer
-    a.event.done = False                                  # a GPU copy out of a still pending
+    a.copy_pending = True                                 # a GPU copy out of a still to run
     pool.release(a)
     assert pool.acquire(64) is not a
-    a.event.done = True
+    a.copy_pending = False
     assert pool.acquire(32) is not a                      # another size: another buffer
     assert pool.acquire(64) is a
     pool.release(a)                                       # released with nothing pending

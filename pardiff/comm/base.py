@@ -13,6 +13,7 @@ GPU tensors over NCCL. The event's ``path`` field says which.
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from collections import defaultdict
 
@@ -31,14 +32,25 @@ def tag_for(label: str) -> int:
     return TAGS.get(label) or 1000 + zlib.crc32(label.encode()) % 30000
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_has(dtype: torch.dtype) -> bool:
+    """Whether numpy has an equivalent of ``dtype`` (it lacks bfloat16, float8, complex32)."""
+    try:
+        torch.empty(0, dtype=dtype).numpy()
+        return True
+    except TypeError:
+        return False
+
+
 def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """A writable uint8 numpy view of a contiguous CPU tensor's memory (no copy)."""
     if not tensor.is_contiguous():
         raise ValueError("Comm needs contiguous tensors (call .contiguous() first)")
-    try:        # one torch call, the rest numpy's: torch calls cost microseconds of host time each
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if _numpy_has(tensor.dtype):   # one torch call, the rest numpy's (torch calls cost µs each)
         return tensor.numpy().reshape(-1).view(np.uint8)
-    except TypeError:       # a dtype numpy lacks (bfloat16, float8): reinterpret it in torch
-        return tensor.reshape(-1).view(torch.uint8).numpy()
+    return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
 def device_bytes(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ by DMA at full speed, and the copy into the GPU on receipt can run asynchronousl
 the host goes on. ``PinnedPool`` keeps such buffers for reuse: pinning is slow (a system
 call that locks pages), so it is paid once per message size, not per message. Each buffer
 also keeps what a message needs besides its memory (its numpy view for MPI, its view as the
-tensor being sent, its CUDA event): on the H100 machine's host a torch view cost ~4 µs and
-a fresh CUDA event recorded ~13 µs, a third of what pardiff added to a staged message
-(launch/probe_staging.py, docs/performance.md).
+tensor being sent, its CUDA events): made per message, four torch views at 2.5–4 µs each on
+the H100 machine's host, two numpy views and an event were about half of what pardiff added
+to a staged message (launch/probe_staging.py, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -19,29 +19,40 @@ import torch
 
 class PinnedBuffer:
     """A page-locked host buffer of ``nbytes`` bytes: ``array`` (numpy uint8) is what the
-    transport reads and writes, ``like(tensor)`` the same memory as ``tensor``'s dtype and shape,
-    ``event`` is recorded after the last GPU copy that reads or writes it."""
+    transport reads and writes, ``like(tensor)`` the same memory as ``tensor``'s dtype and shape.
+    ``record(stream)`` marks the last GPU copy that reads or writes it, with one event per
+    device (an event belongs to the device it was first recorded on)."""
 
     def __init__(self, nbytes: int):
-        self.bytes = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        self.array = self.bytes.numpy()
-        self.event = torch.cuda.Event()      # never recorded: query() is True
+        self.memory = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.array = self.memory.numpy()
+        self._events: dict[int, torch.cuda.Event] = {}
         self._views = {}
 
     def like(self, tensor: torch.Tensor) -> torch.Tensor:
         key = (tensor.dtype, tensor.shape)
         view = self._views.get(key)
         if view is None:
-            view = self._views[key] = self.bytes.view(tensor.dtype).view(tensor.shape)
+            view = self._views[key] = self.memory.view(tensor.dtype).view(tensor.shape)
         return view
+
+    def record(self, stream: torch.cuda.Stream) -> None:
+        event = self._events.get(stream.device_index)
+        if event is None:
+            event = self._events[stream.device_index] = torch.cuda.Event()
+        event.record(stream)
+
+    def idle(self) -> bool:
+        """Whether no GPU copy recorded on it is still to run."""
+        return all(event.query() for event in self._events.values())
 
 
 class PinnedPool:
     """Reusable pinned buffers, one per message in flight.
 
     ``acquire(nbytes)`` gives a free buffer of exactly ``nbytes``; ``release(buf)`` returns it,
-    to be reused once the GPU has passed its event (at once if nothing was recorded since it
-    was last free).
+    to be reused once the GPU has run the copies recorded on it (at once if none was recorded
+    since it was last free).
     """
 
     def __init__(self):
@@ -49,14 +60,13 @@ class PinnedPool:
         self._busy: list[PinnedBuffer] = []
 
     def acquire(self, nbytes: int) -> PinnedBuffer:
-        if self._busy:
-            still_busy = []
-            for buf in self._busy:
-                if buf.event.query():
-                    self._free.setdefault(buf.array.nbytes, []).append(buf)
-                else:
-                    still_busy.append(buf)
-            self._busy = still_busy
+        still_busy = []
+        for buf in self._busy:
+            if buf.idle():
+                self._free.setdefault(buf.array.nbytes, []).append(buf)
+            else:
+                still_busy.append(buf)
+        self._busy = still_busy
         free = self._free.get(nbytes)
         return free.pop() if free else PinnedBuffer(nbytes)
 
@@ -80,5 +90,5 @@ def from_pinned(pool: PinnedPool, buf: PinnedBuffer, out: torch.Tensor) -> None:
     the buffer returns to the pool when that copy has run. Later kernels on the current
     stream see the data (stream order)."""
     out.copy_(buf.like(out), non_blocking=True)
-    buf.event.record(torch.cuda.current_stream(out.device))
+    buf.record(torch.cuda.current_stream(out.device))
     pool.release(buf)
