@@ -99,7 +99,8 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
         return 2
     if device == "cuda":
         if not torch.cuda.is_available():
-            sys.stderr.write("pardiff: error: --device: cuda was asked for but torch sees no GPU\n")
+            if comm.rank == 0:
+                sys.stderr.write("pardiff: error: --device: cuda was asked for but torch sees no GPU\n")
             return 2
         dev = torch.device("cuda", comm.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
@@ -123,7 +124,9 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
         rows.append(row)
     paths = sorted(comm.recorder.paths)
     if comm.rank == 0:
-        link = fit_link([r["nbytes"] for r in rows], [r["one_way_s"] for r in rows])
+        # a link (latency + bytes / bandwidth) for pardiff simulate: it takes two sizes or more
+        link = fit_link([r["nbytes"] for r in rows], [r["one_way_s"] for r in rows]) \
+            if len({r["nbytes"] for r in rows}) > 1 else None
         device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
         result = {"format": "pardiff-bench-comm", "backend": comm.backend, "mpi": comm.library_version,
                   "path": ",".join(paths), "transport": transport, "staging": staging, "device": device_name,
@@ -134,8 +137,9 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
                    if "reference" in r else "")
             print(f"{r['nbytes']:>10d} B  one way {r['one_way_s'] * 1e6:10.1f} us  "
                   f"({r['nbytes'] / r['one_way_s'] / 1e9:.2f} GB/s){ref}")
-        print(f"path {result['path']}; fit: latency {link['latency_s'] * 1e6:.1f} us, "
-              f"bandwidth {link['bandwidth_Bps'] / 1e9:.2f} GB/s")
+        print(f"path {result['path']}; " + (f"fit: latency {link['latency_s'] * 1e6:.1f} us, bandwidth "
+                                            f"{link['bandwidth_Bps'] / 1e9:.2f} GB/s" if link else
+                                            "no link fit (one message size)"))
         if out:
             write_json(out, result)
     comm.close()

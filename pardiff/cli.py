@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGORITHMS, ConfigError, RunConfig
+from .config import ALGORITHMS, ConfigError, RunConfig, check_distinct, check_output
 
 # Launchers tell each process its rank; used to print argument errors once, before MPI starts.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -27,12 +27,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _add_common_flags(p: argparse.ArgumentParser) -> None:
+def _add_common_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -> None:
+    """The flags every algorithm takes; ``outputs``: run (samples), fit (step sizes) or None (a
+    command that names its own files)."""
     d = RunConfig(algorithm="se2p")
     common = p.add_argument_group("common")
     common.add_argument("--model", default=d.model, help="gmm (default), gmm:CxHxW, arch:<name>, a diffusers "
                         "folder or hub id (see `pardiff models`)")
-    common.add_argument("--steps", type=int, default=d.steps, help="number of sampling steps N (default %(default)s)")
+    common.add_argument("--steps", type=int, default=d.steps,
+                        help="coarse steps N of the sampler whose step sizes are fitted (default %(default)s)"
+                        if outputs == "fit" else "number of sampling steps N (default %(default)s)")
     common.add_argument("--seed", type=int, default=d.seed, help="run seed (default %(default)s)")
     common.add_argument("--batch", type=int, default=d.batch, help="samples per run (default %(default)s)")
     common.add_argument("--class-label", type=int, default=d.class_label,
@@ -48,16 +52,22 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
     common.add_argument("--transport", default=d.transport,
                         help="auto (default: nccl when every rank owns a GPU, else mpi) | mpi (CUDA-aware if the MPI "
                              "says so, else pinned host staging) | nccl | gloo (torch.distributed on the MPI ranks)")
-    common.add_argument("--out", help="write the samples: FILE.npy (latents) or FILE.png (image grid)")
-    common.add_argument("--trace", help="record every compute and message to FILE.h5")
-    common.add_argument("--report", help="write a JSON report (wall time, NFE, per-rank totals)")
+    if outputs == "fit":
+        common.add_argument("--out", help="write the fitted step sizes to FILE.h5 (for --coeffs)")
+        common.add_argument("--trace", help="record every compute and message to FILE.h5")
+        common.add_argument("--report", help="write FILE.json: the residuals before and after the fit, the step "
+                                             "sizes, wall time")
+    elif outputs == "run":
+        common.add_argument("--out", help="write the samples: FILE.npy (latents) or FILE.png (image grid)")
+        common.add_argument("--trace", help="record every compute and message to FILE.h5")
+        common.add_argument("--report", help="write FILE.json (wall time, NFE, per-rank totals)")
     common.add_argument("--guidance", type=float, default=d.guidance,
                         help="classifier-free guidance scale w (class-conditional models, with --class-label)")
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -> None:
     d = RunConfig(algorithm="se2p")
-    _add_common_flags(p)
+    _add_common_flags(p, outputs)
     seq = p.add_argument_group("sequential, parasolver, paradigms")
     seq.add_argument("--sampler", default=d.sampler,
                      help="ddpm (default) | ddim | dpmsolver (DPM-Solver++ 2M) | edm | iia-ddim | iia-ddim-cfg | "
@@ -121,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "fitted before it; base: at the base sampler's states (docs/algorithms/iia.md)")
     fit.add_argument("--quantities", type=int, default=d.quantities,
                      help="IIA-DDIM: 2 (Eq. 6, default) or 1 (Eq. 25)")
-    _add_common_flags(fit)
+    _add_common_flags(fit, outputs="fit")
     fit.set_defaults(algorithm="fit-iia", batch=16)        # |B|: the paper averages (7) over 16 noises
 
     sim = sub.add_parser("simulate", help="run ALGO on virtual ranks on a modelled network, or replay a trace",
@@ -152,11 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "profile), comm (message time per size), tracing (trace on vs off)")
     bsub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     bmodel = bsub.add_parser("model", help="a model's evaluation time per batch size (a simulator profile)")
-    bmodel.add_argument("--model", default="gmm")
+    bmodel.add_argument("--model", default="gmm", help="as for pardiff run (default %(default)s)")
     bmodel.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default %(default)s)")
-    bmodel.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    bmodel.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
-    bmodel.add_argument("--repeats", type=int, default=10)
+    bmodel.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    bmodel.add_argument("--dtype", default="float32", help="float32 (default) | float16 | bfloat16")
+    bmodel.add_argument("--repeats", type=int, default=10, help="timed evaluations per batch size (default %(default)s)")
     bmodel.add_argument("--out", required=True, help="profile FILE.json")
     bmodel.add_argument("--cuda-graphs", default="off", help="off (default) | on: time replays of captured graphs")
     bmodel.add_argument("--compile", default="off", help="off (default) | on: time the torch.compile'd network")
@@ -164,31 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     bcomm.add_argument("--sizes", default="8,1024,65536,786432,8388608",
                        help="comma-separated message sizes in bytes (default %(default)s)")
     bcomm.add_argument("--device", default="cpu", help="cpu | cuda (GPU tensors, the path Comm takes for them)")
-    bcomm.add_argument("--repeats", type=int, default=20)
-    bcomm.add_argument("--out", help="results FILE.json")
+    bcomm.add_argument("--repeats", type=int, default=20, help="round trips per size (default %(default)s)")
+    bcomm.add_argument("--out", help="results FILE.json (a link fit for pardiff simulate needs two sizes or more)")
     bcomm.add_argument("--transport", default="mpi", help="mpi (default) | nccl | gloo: the path to measure")
     bcomm.add_argument("--staging", default="pinned",
                        help="GPU tensors over a host-only MPI: pinned (default, what runs use) | pageable")
     btrace = bsub.add_parser("tracing", help="wall time of one run with the trace on and off (run under mpiexec)",
                              description="pardiff bench tracing ALGO [run flags] --repeats N --results FILE.json")
     btrace.add_argument("algorithm", metavar="ALGO", help=" | ".join(ALGORITHMS))
-    _add_run_flags(btrace)
+    _add_run_flags(btrace, outputs=None)
     btrace.add_argument("--repeats", type=int, default=5, help="runs with the trace on, and as many off")
     btrace.add_argument("--results", required=True, help="FILE.json for the timings (FILE-trace.h5: the last trace)")
 
     trace = sub.add_parser("trace", help="inspect a trace file")
     tsub = trace.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     summary = tsub.add_parser("summary", help="per rank and label: compute, communication, waiting, bytes")
-    summary.add_argument("file")
+    summary.add_argument("file", help="TRACE.h5 (or the TRACE.h5.parts a crashed run left)")
     plot = tsub.add_parser("plot", help="a timeline PNG, one lane per rank")
-    plot.add_argument("file")
-    plot.add_argument("-o", "--output", required=True, help="PNG to write")
+    plot.add_argument("file", help="TRACE.h5")
+    plot.add_argument("-o", "--output", required=True, help="FILE.png to write")
     export = tsub.add_parser("export", help="convert to another trace format")
-    export.add_argument("file")
-    export.add_argument("--format", default="chrome", choices=["chrome"])
-    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.add_argument("file", help="TRACE.h5")
+    export.add_argument("--format", default="chrome", choices=["chrome"],
+                        help="chrome (default): the Trace Event JSON of chrome://tracing and Perfetto")
+    export.add_argument("-o", "--output", required=True, help="FILE.json to write")
     merge = tsub.add_parser("merge", help="assemble FILE from the FILE.parts a crashed run left")
-    merge.add_argument("file")
+    merge.add_argument("file", help="TRACE.h5, assembled from TRACE.h5.parts")
 
     sub.add_parser("models", help="list the model names --model accepts")
     _add_train_eval(sub)
@@ -249,8 +260,10 @@ def _run(args) -> int:
 
 
 def _error(message) -> int:
-    """One error line; the exit status of a bad command line."""
-    sys.stderr.write(f"pardiff: error: {message}\n")
+    """One error line; the exit status of a bad command line. Under mpiexec every rank finds the
+    same bad flag: the first rank says so."""
+    if _launcher_rank() == 0:
+        sys.stderr.write(f"pardiff: error: {message}\n")
     return 2
 
 
@@ -280,6 +293,8 @@ def _simulate(args) -> int:
         network = network.with_ranks_per_node(args.ranks_per_node)
     elif not args.replay:
         return _flag_error("--network", "recorded re-uses a trace's own message costs: it needs --replay TRACE")
+    elif args.ranks_per_node is not None:
+        return _flag_error("--ranks-per-node", "--network recorded keeps the trace's own message costs")
     profile = None
     if args.profile:
         try:
@@ -293,6 +308,10 @@ def _simulate(args) -> int:
     if args.replay:
         if args.algorithm:
             return _flag_error("--replay", "re-times a recorded trace: give either ALGO or --replay, not both")
+        try:
+            _check_replay_flags(args)
+        except ConfigError as e:
+            return _error(e)
         from .sim.replay import replay
         try:
             return replay(args.replay, network, profile, trace_out=args.trace, report_out=args.report)
@@ -304,7 +323,7 @@ def _simulate(args) -> int:
         return _flag_error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
     cfg = _run_config(args)
     try:
-        cfg.validate(args.ranks)                 # before any virtual rank starts; --ranks is the world size
+        cfg.validate(args.ranks, ranks_flag="--ranks")   # before any virtual rank starts; --ranks is the world size
     except ConfigError as e:
         flag = "--ranks" if e.flag == "ranks" else e.flag
         return _flag_error(flag, str(e).split(": ", 1)[1])
@@ -322,6 +341,26 @@ def _simulate(args) -> int:
     from .sim.execute import simulate
     return simulate(cfg, args.ranks, network, profile, stand_in=args.stand_in, strides=strides,
                     strides_from=args.strides)
+
+
+def _check_replay_flags(args) -> None:
+    """simulate --replay: the trace fixes the run, so run flags would be silently ignored: refused.
+    Its outputs are checked before the replay, and neither may be the trace it reads."""
+    defaults = RunConfig(algorithm="se2p")
+    for field in RunConfig.__dataclass_fields__:
+        if field not in ("algorithm", "trace", "report") and hasattr(args, field) \
+                and getattr(args, field) != getattr(defaults, field):
+            raise ConfigError("--" + field.replace("_", "-"), "a replay re-times the trace as it was recorded; run "
+                                                              "flags are for execute mode (pardiff simulate ALGO)")
+    for flag, given in (("--ranks", args.ranks is not None), ("--strides", args.strides), ("--stand-in", args.stand_in)):
+        if given:
+            raise ConfigError(flag, "is for execute mode (pardiff simulate ALGO); a replay keeps the trace's ranks "
+                                    "and iterations")
+    if args.trace:
+        check_output("--trace", args.trace, (".h5",))
+    if args.report:
+        check_output("--report", args.report, (".json",))
+    check_distinct({"--replay": args.replay, "--trace": args.trace, "--report": args.report})
 
 
 def _measured_strides(path: str, cfg: RunConfig) -> list[int]:
@@ -373,16 +412,20 @@ def _bench(args) -> int:
             return _flag_error("--staging", f"pinned | pageable, got {args.staging!r}")
         if args.transport == "nccl" and args.device != "cuda":
             return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
+        try:
+            if args.out:
+                check_output("--out", args.out, (".json",))
+        except ConfigError as e:
+            return _error(e)
         from .bench import bench_comm
         return bench_comm(sizes, args.device, args.repeats, args.out, args.transport, args.staging)
     if args.bench_command == "tracing":
         if args.repeats < 1:
             return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
-        if not args.results.endswith(".json"):
-            return _flag_error("--results", f"must end in .json, got {args.results!r}")
-        if args.trace or args.report:
-            return _flag_error("--trace" if args.trace else "--report", "bench tracing writes its own traces and "
-                                                                        "reports next to --results")
+        try:
+            check_output("--results", args.results, (".json",))   # its traces and reports go next to it
+        except ConfigError as e:
+            return _error(e)
         from .bench import bench_tracing
         return bench_tracing(_run_config(args), args.repeats, args.results)
 
@@ -400,6 +443,14 @@ def _bench(args) -> int:
         return _flag_error("--batch", f"increasing positive sizes like 1,2,4, got {args.batch!r}")
     if args.dtype not in TORCH_DTYPES:
         return _flag_error("--dtype", f"one of {', '.join(TORCH_DTYPES)}, got {args.dtype!r}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        return _flag_error("--device", f"auto | cpu | cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _flag_error("--device", "cuda was asked for but torch sees no GPU")
+    try:
+        check_output("--out", args.out, (".json",))
+    except ConfigError as e:
+        return _error(e)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     try:
@@ -450,6 +501,12 @@ def _trace(args) -> int:
         print(f"merged ranks {ranks} into {args.file}")
         return 0
     try:
+        if args.trace_command in ("plot", "export"):
+            check_output("-o", args.output, (".png",) if args.trace_command == "plot" else (".json",))
+            check_distinct({"FILE": args.file, "-o": args.output})
+    except ConfigError as e:
+        return _error(e)
+    try:
         trace = load_trace(args.file)
     except (OSError, ValueError) as e:
         return _error(e)
@@ -481,8 +538,11 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from .quality import EvalError, evaluate, format_table
-    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
-        return _flag_error("--report", f"the folder of {args.report!r} does not exist")
+    try:
+        if args.report:
+            check_output("--report", args.report, (".json",))
+    except ConfigError as e:
+        return _error(e)
     try:
         report = evaluate(args.samples, args.reference)
     except EvalError as e:

@@ -87,7 +87,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self, world_size: int) -> None:
+    def validate(self, world_size: int, ranks_flag: str = "mpiexec -n") -> None:
         """Checks that need no model: values, ranges, paths, the number of ranks."""
         _choice("ALGO", self.algorithm, ALGORITHMS)
         _choice("--sampler", self.sampler, SAMPLERS)
@@ -114,8 +114,8 @@ class RunConfig:
             raise ConfigError("--class-label", f"must be -1 (unconditional) or a class index, got {self.class_label}")
         if not 0 < self.gamma <= 1:
             raise ConfigError("--gamma", f"the mixing parameter γ must be in (0, 1], got {self.gamma}")
-        if not self.rho > 0:
-            raise ConfigError("--rho", f"the variance scaling ρ must be > 0, got {self.rho}")
+        if not 0 < self.rho < float("inf"):
+            raise ConfigError("--rho", f"the variance scaling ρ must be a finite number > 0, got {self.rho}")
         if self.algorithm == "se2p" and self.sampler != "ddpm":
             raise ConfigError("--sampler", f"se2p runs the paper's DDPM chain (jump sampling), not {self.sampler!r}: "
                                            "drop --sampler or give ddpm")
@@ -155,22 +155,18 @@ class RunConfig:
         except ValueError as e:
             raise ConfigError("--model", str(e)) from None
         if self.out is not None:
-            extensions = (".h5",) if self.algorithm == "fit-iia" else OUT_EXTENSIONS
-            if os.path.splitext(self.out)[1].lower() not in extensions:
-                raise ConfigError("--out", f"must end in {' or '.join(extensions)}, got {self.out!r}")
-            _writable("--out", self.out)
+            check_output("--out", self.out, (".h5",) if self.algorithm == "fit-iia" else OUT_EXTENSIONS)
         if self.trace is not None:
-            _writable("--trace", self.trace)
+            check_output("--trace", self.trace, (".h5",))
         if self.report is not None:
-            if not self.report.endswith(".json"):
-                raise ConfigError("--report", f"must end in .json, got {self.report!r}")
-            _writable("--report", self.report)
+            check_output("--report", self.report, (".json",))
+        check_distinct({"--coeffs": self.coeffs, "--out": self.out, "--trace": self.trace, "--report": self.report})
+        # ranks_flag: how the user sets the number of ranks (mpiexec -n, or the simulator's --ranks)
         if self.algorithm == "sequential" and world_size != 1:
-            raise ConfigError("ranks", f"sequential runs on 1 rank, but {world_size} were launched "
-                                       "(use mpiexec -n 1, or no mpiexec)")
+            raise ConfigError("ranks", f"sequential runs on 1 rank, got {world_size}: use {ranks_flag} 1")
         if self.algorithm == "se2p" and world_size < 2:
-            raise ConfigError("ranks", f"se2p needs at least 2 ranks (one per Proc), but {world_size} "
-                                       "was launched: use mpiexec -n 2 (Algorithm 1) or -n P (Algorithm 2)")
+            raise ConfigError("ranks", f"se2p needs at least 2 ranks (one per Proc), got {world_size}: "
+                                       f"use {ranks_flag} 2 (Algorithm 1) or {ranks_flag} P (Algorithm 2)")
 
     def _validate_window(self) -> None:
         if not (self.tol >= 0 and self.tol != float("inf")):
@@ -234,6 +230,28 @@ class RunConfig:
 def _choice(flag: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(flag, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_output(flag: str, path: str, extensions: tuple[str, ...]) -> None:
+    """A file a command will write: its extension, and a folder that exists and is writable.
+    Every command checks its outputs with this before any work, so that a typo in a path
+    costs nothing."""
+    if os.path.splitext(path)[1].lower() not in extensions:
+        raise ConfigError(flag, f"must end in {' or '.join(extensions)}, got {path!r}")
+    _writable(flag, path)
+
+
+def check_distinct(paths: dict[str, str | None]) -> None:
+    """No two of a command's files (flag -> path; inputs first) may be one file: an output written
+    over an input, or over another output, would lose it silently."""
+    seen = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise ConfigError(flag, f"{path!r} is the file {seen[key]} names too")
+        seen[key] = flag
 
 
 def _writable(flag: str, path: str) -> None:

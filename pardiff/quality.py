@@ -58,6 +58,11 @@ def load_samples(path: str) -> torch.Tensor:
         x = np.load(path)
     except (OSError, ValueError) as e:
         raise EvalError("SAMPLES", f"{path!r} is not a readable .npy file: {e}") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise EvalError("SAMPLES", f"{path!r} holds {x.dtype} values; expected the float samples of pardiff run "
+                                   "--out, in [-1, 1]")
+    if not np.isfinite(x).all():
+        raise EvalError("SAMPLES", f"{path!r} holds NaN or inf values: no statistic of them means anything")
     if x.ndim != 4 or x.shape[1] not in (1, 3) or min(x.shape) < 1:
         raise EvalError("SAMPLES", f"{path!r} holds shape {x.shape}; expected images (B, C, H, W) with C = 1 or 3")
     if x.shape[2] < 3 or x.shape[3] < 3:

@@ -246,9 +246,9 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)     # untraced runs queue ahead: the run ends when the GPU is done
         wall_s = comm.recorder.now() - t_start
-        _finish(ctx, sample, wall_s)
+        status = _finish(ctx, sample, wall_s)
         comm.close()
-    return 0
+    return status
 
 
 def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
@@ -377,8 +377,9 @@ def _load_coeffs(cfg: RunConfig, model):
     return coeffs
 
 
-def _finish(ctx: Context, sample, wall_s: float) -> None:
-    """Write the sample and the report on rank 0; merge the trace parts."""
+def _finish(ctx: Context, sample, wall_s: float) -> int:
+    """Write the sample and the report on rank 0; merge the trace parts. Returns the exit status:
+    1 where the sample holds NaN or inf (written all the same, to look at), else 0."""
     cfg, comm = ctx.cfg, ctx.comm
     comm.recorder.close()
     totals = {f"{k}/{l}": v for (k, l), v in comm.recorder.totals.items()}
@@ -396,7 +397,7 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
                                    "gpu_memory_peak_gib": torch.cuda.max_memory_reserved(ctx.device) / 2**30
                                    if ctx.device.type == "cuda" else None})
     if comm.rank != 0:
-        return
+        return 0
     if cfg.out and hasattr(sample, "save"):
         sample.save(cfg.out)                 # fit-iia's step sizes
     elif cfg.out:
@@ -410,3 +411,9 @@ def _finish(ctx: Context, sample, wall_s: float) -> None:
         report.update(ctx.report)
         report.update(getattr(comm, "trace_attrs", {}))     # the simulator's network, profile, stand-in
         write_json(cfg.report, report)
+    if isinstance(sample, torch.Tensor) and not bool(torch.isfinite(sample).all()):
+        bad = int((~torch.isfinite(sample)).sum())
+        sys.stderr.write(f"pardiff: error: {bad} of the sample's {sample.numel()} values are NaN or inf (written "
+                         "as they are): the run's arithmetic overflowed; look at --rho, --gamma, --guidance, --dtype\n")
+        return 1
+    return 0

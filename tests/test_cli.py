@@ -54,6 +54,7 @@ BAD = [
     (2, ["se2p", "--gamma", 1.5], "--gamma"),
     (2, ["se2p", "--rho", 0], "--rho"),
     (2, ["se2p", "--rho", -1], "--rho"),
+    (2, ["se2p", "--rho", "inf"], "--rho"),
     (2, ["se2p", "--sampler", "ddim"], "--sampler"),
     (2, ["se2p", "--sampler", "iia-ddim"], "--sampler"),
     (2, ["se2p", "--steps", 0], "--steps"),
@@ -69,6 +70,9 @@ BAD = [
     (2, ["se2p", "--out", "/no/such/dir/x.npy"], "--out"),
     (2, ["se2p", "--trace", "/no/such/dir/t.h5"], "--trace"),
     (2, ["se2p", "--report", "r.txt"], "--report"),
+    (2, ["se2p", "--trace", "t.txt"], "--trace"),
+    (2, ["se2p", "--out", "o.npy", "--trace", "o.npy"], "--trace"),
+    (2, ["fit-iia", "--out", "c.h5", "--trace", "c.h5"], "--trace"),
     (2, ["se2p", "--device", "tpu"], "--device"),
     (1, ["se2p"], "ranks"),
     (2, ["sequential"], "ranks"),
@@ -107,6 +111,58 @@ def test_bad_input_is_one_clear_message_before_any_work(tmp_path, n, args, flag)
     assert len(errors) == 1 and flag in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir()), "no rank may start work (no trace, no output)"
+
+
+# the other commands: (ranks or None, command, the flag the one message must name)
+OTHER_BAD = [
+    (None, ["simulate", "--replay", "t.h5", "--trace", "t.h5"], "--trace"),
+    (None, ["simulate", "--replay", "t.h5", "--report", "/no/such/dir/r.json"], "--report"),
+    (None, ["simulate", "--replay", "t.h5", "--report", "r.txt"], "--report"),
+    (None, ["simulate", "--replay", "t.h5", "--gamma", 7], "--gamma"),
+    (None, ["simulate", "--replay", "t.h5", "--ranks", 5], "--ranks"),
+    (None, ["simulate", "--replay", "t.h5", "--network", "recorded", "--ranks-per-node", 0], "--ranks-per-node"),
+    (None, ["simulate", "se2p", "--ranks", 1], "--ranks"),
+    (None, ["bench", "model", "--device", "gpu", "--out", "m.json"], "--device"),
+    (None, ["bench", "model", "--out", "/no/such/dir/m.json"], "--out"),
+    (None, ["bench", "model", "--out", "m.txt"], "--out"),
+    (2, ["bench", "comm", "--sizes", "8,64", "--out", "/no/such/dir/c.json"], "--out"),
+    (2, ["bench", "comm", "--sizes", "0"], "--sizes"),
+    (2, ["bench", "tracing", "se2p", "--steps", 2, "--results", "/no/such/dir/r.json"], "--results"),
+    (None, ["trace", "plot", "t.h5", "-o", "/no/such/dir/p.png"], "-o"),
+    (None, ["trace", "plot", "t.h5", "-o", "p.txt"], "-o"),
+    (None, ["trace", "export", "t.h5", "-o", "t.h5"], "-o"),
+    (None, ["trace", "summary", "not-hdf5.h5"], "not an HDF5 file"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A trace to point the commands at, and a file that is not HDF5."""
+    d = tmp_path_factory.mktemp("inputs")
+    pardiff(2, "run", "se2p", "--steps", 3, "--trace", "t.h5", cwd=d)
+    (d / "not-hdf5.h5").write_text("a text file")
+    return d
+
+
+@pytest.mark.parametrize("n,args,says", OTHER_BAD, ids=[" ".join(map(str, a)) for _, a, _ in OTHER_BAD])
+def test_other_commands_refuse_bad_input_before_any_work(tmp_path, inputs, n, args, says):
+    import shutil
+    for f in inputs.iterdir():
+        shutil.copy(f, tmp_path)
+    before = {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
+    result = pardiff(n, *args, cwd=tmp_path, check=False, timeout=60)
+    assert result.returncode == 2, result.stderr
+    errors = [l for l in result.stderr.splitlines() if "error" in l]
+    assert len(errors) == 1 and says in errors[0], result.stderr          # once, not once per rank
+    assert "Traceback" not in result.stderr and not result.stdout.strip(), "no work before the message"
+    assert {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == before, "no file written or changed"
+
+
+def test_a_sample_that_overflowed_fails_the_job(tmp_path):
+    result = pardiff(2, "run", "se2p", "--steps", 3, "--rho", "1e300", "--out", "s.npy", cwd=tmp_path,
+                     check=False, timeout=60)
+    assert result.returncode != 0 and result.stderr.count("NaN or inf") == 1, result.stderr
+    assert np.isnan(np.load(tmp_path / "s.npy")).all()          # written all the same, to look at
 
 
 def test_cuda_without_gpu_is_refused(tmp_path):

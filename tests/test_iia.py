@@ -131,7 +131,7 @@ def fits(tmp_path_factory):
     for solver, (_, _, extra, steps) in SOLVERS.items():
         for n in ((1, 2, 3) if solver == "ddim" else (1, 2)):
             name = f"{solver}-{n}"
-            trace = ["--trace", f"{name}.h5t"] if (solver, n) == ("ddim", 2) else []
+            trace = ["--trace", f"{name}-trace.h5"] if (solver, n) == ("ddim", 2) else []
             pardiff(n, *FIT, "--solver", solver, "--steps", steps, *extra, *trace, "--out", f"{name}.h5",
                     "--report", f"{name}.json", cwd=d)
             out[name] = (Coefficients.load(str(d / f"{name}.h5")), json.loads((d / f"{name}.json").read_text()))
@@ -162,7 +162,7 @@ def test_fitted_step_sizes_lower_the_residual(fits, solver):
 
 
 def test_the_normal_equations_cross_ranks_as_traced_collectives(fits):
-    trace = load_trace(str(fits["dir"] / "ddim-2.h5t"))
+    trace = load_trace(str(fits["dir"] / "ddim-2-trace.h5"))
     for r in (0, 1):
         ev = trace.events[r]
         gram = ev[(ev["kind"] == "collective") & (ev["label"] == "gram")]

@@ -138,11 +138,16 @@ def test_eval_cli(tmp_path):
     (["a.npy", "--reference", "gmm:0x4x4"], "--reference: gmm shape must be positive"),
     (["rgb.npy", "--reference", "lfw"], "--reference: the LFW images are grayscale"),
     (["a.npy", "--reference", "gmm"], "--reference: gmm has shape (3, 32, 32)"),
-    (["a.npy", "--report", "no/such/r.json"], "--report: the folder of 'no/such/r.json' does not exist"),
+    (["a.npy", "--report", "no/such/r.json"], "no/such' does not exist"),
+    (["a.npy", "--report", "r.txt"], "--report: must end in .json"),
+    (["ints.npy"], "SAMPLES: 'ints.npy' holds int64 values"),
+    (["nan.npy"], "SAMPLES: 'nan.npy' holds NaN or inf values"),
 ])
 def test_eval_cli_errors(tmp_path, args, message):
     np.save(tmp_path / "a.npy", np.zeros((3, 1, 8, 8), np.float32))
     np.save(tmp_path / "rgb.npy", np.zeros((3, 3, 8, 8), np.float32))
+    np.save(tmp_path / "ints.npy", np.zeros((3, 1, 8, 8), np.int64))
+    np.save(tmp_path / "nan.npy", np.full((3, 1, 8, 8), np.nan, np.float32))
     r = pardiff(None, "eval", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 

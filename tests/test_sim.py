@@ -194,6 +194,8 @@ def test_bench_comm_on_two_ranks(tmp_path):
     d = json.loads((tmp_path / "c.json").read_text())
     assert d["ranks"] == 2 and d["path"] == "host" and [r["nbytes"] for r in d["rows"]] == [8, 65536, 1048576]
     assert all(r["one_way_s"] > 0 for r in d["rows"]) and d["fit"]["bandwidth_Bps"] > 0
+    one = pardiff(2, "bench", "comm", "--sizes", "8", "--repeats", 2, "--out", "one.json", cwd=tmp_path)
+    assert "no link fit" in one.stdout and json.loads((tmp_path / "one.json").read_text())["fit"] is None
 
 
 def test_bench_model_writes_a_profile(tmp_path):

@@ -76,6 +76,8 @@ def _decode_events(raw: np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: str, trace: Trace) -> None:
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not a pardiff trace (not an HDF5 file)")
     with h5py.File(path, "r", locking=False) as f:   # a killed run may still hold its lock
         if f.attrs.get("format") not in (FORMAT, FORMAT.encode()):
             raise ValueError(f"{path} is not a pardiff trace (format attribute missing)")
