@@ -65,7 +65,7 @@ def main() -> None:
         return ddpm.step(x, v, sched.alpha_bar(t), sched.alpha_bar(t - jump), noise(k), sched.clip)
 
     def x_pred(x, v, t, k):
-        return predictor(sched, x, v, t, seeds.gaussian(shape, seeds.seed_for(0, seeds.PREDICTOR, k), dev), RHO)
+        return predictor(sched, x, v, t, seeds.gaussian(shape, seeds.seed_for(0, seeds.PREDICTOR, k, 0), dev), RHO)
 
     received = torch.randn(shape, device=dev)
 

@@ -17,8 +17,13 @@ import torch
 
 INIT = 0        # the initial latent x_{N-1} ~ N(0, I)
 STEP = 1        # the noise of the stochastic step at grid index k (shared by all procs)
-PREDICTOR = 2   # SE2P line 8: the predictor's own noise, private to the proc that draws it
+PREDICTOR = 2   # SE2P line 8: the predictor's own noise, private to the proc that draws it: (k, proc)
+BRIDGE = 3      # ParaSolver line 9: the noise of a point initialised in the window: (iteration + 1, point)
 FIT = 4         # fit-iia: the initial noise of sample b of the set B (one draw per sample)
+
+# How many indices each stream's keys carry. SeedSequence ignores trailing zeros of its
+# entropy, so (k,) and (k, 0) would hash alike: within a stream every key has one length.
+INDICES = {INIT: 0, STEP: 1, PREDICTOR: 2, BRIDGE: 2, FIT: 1}
 
 
 @lru_cache(maxsize=1 << 16)
@@ -27,6 +32,8 @@ def seed_for(run_seed: int, stream: int, *index: int) -> int:
 
     Cached: the hash costs ~20 µs of host time, and the parallel solvers draw the same
     step's noise again in every iteration that re-evaluates the step."""
+    if len(index) != INDICES.get(stream, -1):
+        raise ValueError(f"stream {stream} takes {INDICES.get(stream, 'no such stream: none')} indices, got {index}")
     key = [int(run_seed), int(stream), *(int(i) for i in index)]
     return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
 

@@ -15,7 +15,7 @@ from diffusers import DDIMParallelScheduler, DDIMScheduler, DDPMParallelSchedule
 
 from pardiff import seeds
 
-BRIDGE = 3
+BRIDGE = 3          # pardiff's seeds.BRIDGE stream: the draws must be the same ones
 
 
 def _gauss(shape, seed, *key):

@@ -81,6 +81,9 @@ def test_trace_rows_and_clock_alignment(tmp_path_factory):
     offset, rtt = comm.measure_clock_offset(time.perf_counter)
     # one host: CLOCK_MONOTONIC is shared, so the measured offset is within the round trip
     assert abs(offset) <= max(rtt, 1e-3)
+    # a rank whose clock runs 5 s per rank ahead of rank 0's: the offset says by how much, with its sign
+    skewed, rtt = comm.measure_clock_offset(lambda: time.perf_counter() + 5.0 * comm.rank)
+    assert abs(skewed - 5.0 * comm.rank) <= max(rtt, 1e-3)
     path = comm.allgather_object(str(tmp_path_factory.getbasetemp() / "t.h5") if comm.rank == 0 else None)[0]
     writer = PartWriter(path, comm.rank, {"algorithm": "test", "world_size": comm.size}, {"host": "h"})
     comm.recorder = Recorder(comm.rank, writer)

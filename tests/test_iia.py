@@ -60,6 +60,69 @@ def test_base_step_sizes_reproduce_the_base_sampler(tmp_path, solver, history, q
         assert np.array_equal(got, want)
 
 
+def _reference_iia(sampler, phi, steps, history=1, batch=4, seed=5):
+    """The IIA samplers' updates written out from the paper (IIA-DDIM Eq. 6, IIA-DPM-Solver++
+    Eq. 23, BIIA-EDM Eq. 13, IIA-EDM Eq. 18), one step at a time on the model's ε, for any step
+    sizes: the base samplers' steps come from pardiff (tested against diffusers and EDM's
+    convergence above), the combination with the earlier steps' quantities from here."""
+    from pardiff import seeds
+    from pardiff.solvers.edm import karras_sigmas
+    model = load_model("gmm:3x8x8")
+    z = seeds.gaussian((batch, 3, 8, 8), seeds.seed_for(seed, seeds.INIT)).double()
+    eps_of = lambda x, t: model.eps(x.float(), torch.full((batch,), t, dtype=torch.float64)).double()  # noqa: E731
+    if sampler in ("biia-edm", "iia-edm"):
+        sig = karras_sigmas(model.schedule, steps)
+        y, past = sig[0] * z, []                                  # past: quantities of steps i, i-1, ...
+        for i in range(steps):
+            s, s1 = sig[i], sig[i + 1]
+            D = y - s * eps_of((1 + s * s) ** -0.5 * y, model.schedule.t_of_sigma(s))
+            y_euler = y + (s1 - s) * (y - D) / s
+            if s1 == 0:
+                return y_euler
+            D1 = y_euler - s1 * eps_of((1 + s1 * s1) ** -0.5 * y_euler, model.schedule.t_of_sigma(s1))
+            if sampler == "biia-edm":       # y_{i+1} = y_i + h_i Σ_k γ_ik (½ d_{i-k} + ½ d'_{i-k})
+                past = [[0.5 * (y - D) / s + 0.5 * (y_euler - D1) / s1]] + past[:history]
+                y = y + sum(phi[i, k] * (s1 - s) * q[0] for k, q in enumerate(past))
+            else:                           # y_{i+1} = y_i + Σ_k β^ε_ik (y - D)_{i-k} + β^D_ik (D - D')_{i-k}
+                past = [[y - D, D - D1]] + past[:history]
+                y = y + sum(phi[i, 2 * k] * q[0] + phi[i, 2 * k + 1] * q[1] for k, q in enumerate(past))
+        return y
+    base = make_solver({"iia-ddim": "ddim", "iia-dpmsolver++": "dpmsolver"}[sampler], model.schedule, steps)
+    hist = previous = None
+    for i, t in enumerate(base.timesteps):
+        eps = eps_of(z, t)
+        x0 = base.predict_x0(z, eps, i)
+        z_next, hist = base.step(z, eps, i, hist)
+        if sampler == "iia-ddim" and previous is not None:     # + φ_i0 (x̂_i − x̂_{i−1}) + φ_i1 (ε_i − ε_{i−1})
+            z_next = z_next + phi[i, 0] * (x0 - previous[0]) + phi[i, 1] * (eps - previous[1])
+        elif sampler == "iia-dpmsolver++":                     # + φ_i0 z_i + φ_i1 x̂_i
+            z_next = z_next + phi[i, 0] * z + phi[i, 1] * x0
+        z, previous = z_next, (x0, eps)
+    return z
+
+
+@pytest.mark.parametrize("solver,history", [("ddim", 1), ("dpmsolver++", 1), ("biia-edm", 2), ("iia-edm", 2)])
+def test_iia_samplers_follow_the_papers_updates_for_any_step_sizes(tmp_path, solver, history):
+    """With step sizes that are neither zero nor the base's (every earlier-step term weighted),
+    each IIA sampler is the update its equation writes. The base step sizes (above) leave the
+    history terms at weight zero, so only this sees them."""
+    sampler, _, _, steps = SOLVERS[solver]
+    coeffs = base_coefficients(solver, steps, history)
+    rng = np.random.default_rng(1)
+    phi = coeffs.coefficients.copy()
+    first = 0 if sampler.endswith("edm") else 1              # the grid samplers' first step has no quantities
+    phi[first:] = phi[first:] * rng.uniform(0.8, 1.2, phi[first:].shape) + rng.uniform(-0.05, 0.05, phi[first:].shape)
+    coeffs.coefficients = phi
+    coeffs.save(tmp_path / "c.h5")
+    pardiff(1, "run", "sequential", "--sampler", sampler, "--coeffs", "c.h5", *SAMPLE, "--steps", steps,
+            "--out", "iia.npy", cwd=tmp_path)
+    want = _reference_iia(sampler, phi, steps, history).float().numpy()
+    got = np.load(tmp_path / "iia.npy")
+    assert np.allclose(got, want, atol=2e-5), np.abs(got - want).max()
+    default = _reference_iia(sampler, base_coefficients(solver, steps, history).coefficients, steps, history)
+    assert not np.allclose(want, default.float().numpy(), atol=1e-3)    # the step sizes do matter
+
+
 def test_edm_converges_to_the_probability_flow_solution(tmp_path):
     """EDM (Heun) on the VP model through Eq. 9 lands where 500 DDIM steps do, better with more steps."""
     flags = [*SAMPLE, "--batch", 8]

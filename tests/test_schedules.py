@@ -130,3 +130,27 @@ def test_batched_rows_equal_one_at_a_time(name):
                                  noise=z[i:i + 1])
         assert torch.equal(batch[i:i + 1], one)
         assert (h is None and one_h is None) or torch.equal(h[i:i + 1], one_h)
+
+
+@pytest.mark.parametrize("name,columns", [("dpmsolver", 0), ("iia-ddim", 2), ("iia-ddim", 1), ("iia-dpmsolver++", 2)])
+def test_a_row_without_history_takes_the_first_order_step(name, columns):
+    """A window point the parallel solvers have just made carries no previous step (has_history
+    false): its step must be the one a sampler takes without history, whatever the history
+    tensor holds, while rows with history take the multistep one (window.solve_subproblems)."""
+    from pardiff.solvers import SOLVERS
+    schedule = load_model("gmm:3x8x8").schedule
+    steps = 10
+    rng = np.random.default_rng(0)
+    solver = SOLVERS[name](schedule, steps) if columns == 0 else \
+        SOLVERS[name](schedule, steps, rng.uniform(0.2, 0.8, (steps, columns)))   # every step size nonzero
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    j = torch.tensor([3, 3, 6, 6])                                  # two points, batch 2, mid-trajectory
+    history = torch.randn(4, solver.history_slots, 3, 8, 8, generator=g)
+    without, _ = solver.step(x, eps, j)
+    none_have, _ = solver.step(x, eps, j, history, torch.tensor([False] * 4))
+    assert torch.equal(none_have, without)
+    some_have, _ = solver.step(x, eps, j, history, torch.tensor([True, True, False, False]))
+    with_all, _ = solver.step(x, eps, j, history, None)             # None: every row has one
+    assert torch.equal(some_have[2:], without[2:]) and torch.equal(some_have[:2], with_all[:2])
+    assert not torch.allclose(with_all[:2], without[:2])             # the history does change a step

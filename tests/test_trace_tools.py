@@ -181,20 +181,58 @@ def _ring(n_ranks, steps):
 
 
 @pytest.mark.parametrize("n_ranks,steps", [(1, 5), (2, 3), (3, 250)])
-def test_plot_timeline_writes_png(tmp_path, n_ranks, steps):
+def test_plot_timeline_writes_png(tmp_path, n_ranks, steps, monkeypatch):
     trace = write_trace(tmp_path / "ring.h5", _ring(n_ranks, steps))
     assert sum(len(ev) for ev in trace.events.values()) == n_ranks * steps * (2 if n_ranks == 1 else 4)
+    drawn = _record_drawing(monkeypatch)
     out = tmp_path / "ring.png"
     assert plot_timeline(trace, str(out)) == str(out)
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    _assert_every_event_drawn(trace, drawn)
 
 
-def test_plot_of_the_ping_pong(tmp_path, ping_pong):
+def _record_drawing(monkeypatch) -> dict:
+    """Keep what plot_timeline hands matplotlib: every bar's (x, width, lane) and every arrow."""
+    from matplotlib.axes import Axes
+    drawn = {"bars": [], "arrows": []}
+    barh, quiver = Axes.broken_barh, Axes.quiver
+
+    def record_bars(self, xranges, yrange, **kw):
+        drawn["bars"] += [(float(x), float(w), yrange[0]) for x, w in xranges]
+        return barh(self, xranges, yrange, **kw)
+
+    def record_arrows(self, x, y, u, v, **kw):
+        drawn["arrows"] += list(zip(x, y, u, v))
+        return quiver(self, x, y, u, v, **kw)
+
+    monkeypatch.setattr(Axes, "broken_barh", record_bars)
+    monkeypatch.setattr(Axes, "quiver", record_arrows)
+    return drawn
+
+
+def _assert_every_event_drawn(trace, drawn):
+    # one bar per event, and a receive's second bar (waiting, then transfer), in ms; an arrow per
+    # matched message from the send's start to the receive's end
+    recvs = sum(int((ev["kind"] == "recv").sum()) for ev in trace.events.values())
+    assert len(drawn["bars"]) == sum(len(ev) for ev in trace.events.values()) + recvs
+    starts = sorted(round(x, 6) for x, _, _ in drawn["bars"])
+    assert set(round(float(t) * 1e3, 6) for ev in trace.events.values() for t in ev["t_start"]) <= set(starts)
+    pairs = trace.message_pairs()
+    assert len(drawn["arrows"]) == len(pairs)
+    for (x, _, u, _), ((sr, si), (rr, ri)) in zip(drawn["arrows"], pairs):
+        assert x == pytest.approx(trace.events[sr]["t_start"][si] * 1e3)
+        assert x + u == pytest.approx(trace.events[rr]["t_end"][ri] * 1e3)
+
+
+def test_plot_of_the_ping_pong(tmp_path, ping_pong, monkeypatch):
+    drawn = _record_drawing(monkeypatch)
     out = tmp_path / "pp.png"
     plot_timeline(ping_pong, str(out), width=8)
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    _assert_every_event_drawn(ping_pong, drawn)
+    assert {y for _, _, y in drawn["bars"]} > {-0.40, 1 - 0.40}        # both ranks' lanes have bars
 
 
 def test_ring_summary_at_scale(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from .. import seeds
 from ..solvers import make_solver
-from .window import BRIDGE, Window
+from .window import Window
 
 LINES = {"init": "PS-A1:1/Eq.17", "eval": "PS-A1:4", "delta": "PS-A1:5", "drift": "PS-A1:6/Eq.13", "stride": "PS-A1:7/Eq.14",
          "new": "PS-A1:9/Eq.15", "ret": "PS-A1:ret"}
@@ -85,4 +85,4 @@ def bridge_chain(ctx, win: Window, x, clean, start: int, last: int, k: int) -> d
 
 
 def _bridge_noise(ctx, win, index, point):
-    return ctx.noise(BRIDGE, index, point) if win.solver.stochastic else None
+    return ctx.noise(seeds.BRIDGE, index, point) if win.solver.stochastic else None

@@ -29,7 +29,6 @@ import torch
 from .. import seeds
 from ..solvers.posterior import posterior_variance
 
-BRIDGE = 3          # seeds stream for initialised points: (iteration + 1, point index)
 BLOCKS_PER_RANK = 4
 
 
