@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGORITHMS, ConfigError, RunConfig, check_distinct, check_output
+from .config import ALGORITHMS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output
 
 # Launchers tell each process its rank; used to print argument errors once, before MPI starts.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -74,35 +74,37 @@ def _add_run_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -> N
                           "iia-dpmsolver++ | biia-edm | iia-edm (docs/algorithms/iia.md)")
     seq.add_argument("--coeffs", help="IIA step sizes (FILE.h5 from pardiff fit-iia) for the iia-* samplers")
     par = p.add_argument_group("parasolver, paradigms (docs/algorithms/parasolver.md)")
-    par.add_argument("--subintervals", type=int, default=d.subintervals,
+    par.add_argument("--subintervals", type=int, default=None,
                      help="parasolver: N subintervals, dividing --steps (default: one per step)")
-    par.add_argument("--precondition", type=int, default=d.precondition,
-                     help="parasolver: M preconditioning steps, 0 = start from noise (default %(default)s)")
-    par.add_argument("--window", type=int, default=d.window, help="window size p (default %(default)s)")
-    par.add_argument("--tol", type=float, default=d.tol, help="tolerance δ of the stopping rule (default %(default)s)")
-    par.add_argument("--clean-estimate", default=d.clean_estimate,
+    par.add_argument("--precondition", type=int, default=None,
+                     help=f"parasolver: M preconditioning steps, 0 = start from noise (default {d.precondition})")
+    par.add_argument("--window", type=int, default=None, help=f"window size p (default {d.window})")
+    par.add_argument("--tol", type=float, default=None, help=f"tolerance δ of the stopping rule (default {d.tol})")
+    par.add_argument("--clean-estimate", default=None,
                      help="parasolver line 8: x̂_0 from the window's last subproblem's first step (first, the "
                           "paper) or last step (last, the authors' code)")
-    par.add_argument("--last-variance", default=d.last_variance,
+    par.add_argument("--last-variance", default=None,
                      help="parasolver Eq. 14, the last point's σ²: the DDPM variance of the last step, to ᾱ = 1 "
                           "(step, default: zero, so the last point passes only unchanged) or to timestep 0's ᾱ "
                           "(authors, their code)")
-    par.add_argument("--missing-history", default=d.missing_history,
+    par.add_argument("--missing-history", default=None,
                      help="Eq. 14 for a multistep sampler (dpmsolver, iia-*): a point that has just entered the "
                           "window has no previous x̂_0 and counts as unsettled (default) or settled, judged by its "
                           "latent alone (fewer iterations, farther from the sequential sample)")
+    # The flags of one algorithm default to None here (RunConfig holds the defaults), so that one
+    # given to another algorithm is refused (config.check_flags_apply) instead of ignored.
     se2p = p.add_argument_group("se2p (docs/algorithms/se2p.md)")
-    se2p.add_argument("--gamma", type=float, default=d.gamma, help="mixing parameter γ in (0, 1] (default %(default)s)")
-    se2p.add_argument("--rho", type=float, default=d.rho, help="variance scaling ρ > 0 (default %(default)s)")
-    se2p.add_argument("--integration", default=d.integration,
+    se2p.add_argument("--gamma", type=float, default=None, help=f"mixing parameter γ in (0, 1] (default {d.gamma})")
+    se2p.add_argument("--rho", type=float, default=None, help=f"variance scaling ρ > 0 (default {d.rho})")
+    se2p.add_argument("--integration", default=None,
                       help="predictor (the paper's method) | naive (the §4.5 ablation) | predictor-tk1 (Fig. 27)")
-    se2p.add_argument("--mu-pred", default=d.mu_pred,
+    se2p.add_argument("--mu-pred", default=None,
                       help="ho (Ho et al. Eq. 7, default) | as-printed (the typeset line 7 / line 8)")
-    se2p.add_argument("--seed-sharing", default=d.seed_sharing,
+    se2p.add_argument("--seed-sharing", default=None,
                       help="message (Proc 0 sends each step's seed, default) | precomputed (App. B note 3 (ii))")
-    se2p.add_argument("--return-latent", default=d.return_latent,
+    se2p.add_argument("--return-latent", default=None,
                       help="on-grid (Proc P-1's final latent, default) | proc0 (Proc 0's own)")
-    se2p.add_argument("--exchange", default=d.exchange,
+    se2p.add_argument("--exchange", default=None,
                       help="roundtrip (lines 9-10 as printed: x̂_pred out, the integrated latent back; default) | "
                            "swap (Proc p-1's x̂_pred and Proc p's latent cross at once and both procs integrate line 9: "
                            "same samples, one message latency per step instead of two)")
@@ -240,8 +242,11 @@ def _add_train_eval(sub) -> None:
 
 
 def _run_config(args) -> RunConfig:
-    """The RunConfig of a command's ALGO and run flags (run, fit-iia, simulate, bench tracing)."""
-    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f != "algorithm" and hasattr(args, f)}
+    """The RunConfig of a command's ALGO and run flags (run, fit-iia, simulate, bench tracing);
+    a flag of another algorithm than ALGO raises ConfigError."""
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__
+              if f != "algorithm" and getattr(args, f, None) is not None}
+    check_flags_apply(args.algorithm, fields)
     return RunConfig(algorithm=args.algorithm, **fields)
 
 
@@ -250,7 +255,10 @@ def _run(args) -> int:
     from .comm.mpi import LauncherMismatch, MPIComm
     from .runtime import run
 
-    cfg = _run_config(args)
+    try:
+        cfg = _run_config(args)
+    except ConfigError as e:
+        return _error(e)
     try:
         comm = MPIComm()
     except LauncherMismatch as e:
@@ -321,8 +329,8 @@ def _simulate(args) -> int:
         return _flag_error("ALGO", "give the algorithm to simulate (or --replay TRACE)")
     if args.ranks is None or args.ranks < 1:
         return _flag_error("--ranks", f"give the number of virtual ranks (>= 1), got {args.ranks}")
-    cfg = _run_config(args)
     try:
+        cfg = _run_config(args)
         cfg.validate(args.ranks, ranks_flag="--ranks")   # before any virtual rank starts; --ranks is the world size
     except ConfigError as e:
         flag = "--ranks" if e.flag == "ranks" else e.flag
@@ -348,7 +356,7 @@ def _check_replay_flags(args) -> None:
     Its outputs are checked before the replay, and neither may be the trace it reads."""
     defaults = RunConfig(algorithm="se2p")
     for field in RunConfig.__dataclass_fields__:
-        if field not in ("algorithm", "trace", "report") and hasattr(args, field) \
+        if field not in ("algorithm", "trace", "report") and getattr(args, field, None) is not None \
                 and getattr(args, field) != getattr(defaults, field):
             raise ConfigError("--" + field.replace("_", "-"), "a replay re-times the trace as it was recorded; run "
                                                               "flags are for execute mode (pardiff simulate ALGO)")
@@ -426,8 +434,12 @@ def _bench(args) -> int:
             check_output("--results", args.results, (".json",))   # its traces and reports go next to it
         except ConfigError as e:
             return _error(e)
+        try:
+            cfg = _run_config(args)
+        except ConfigError as e:
+            return _error(e)
         from .bench import bench_tracing
-        return bench_tracing(_run_config(args), args.repeats, args.results)
+        return bench_tracing(cfg, args.repeats, args.results)
 
     import torch
 

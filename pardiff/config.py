@@ -232,6 +232,22 @@ def _choice(flag: str, value, choices) -> None:
         raise ConfigError(flag, f"must be one of {', '.join(choices)}; got {value!r}")
 
 
+# Run flags that belong to some algorithms only: given to another, they would be ignored.
+FLAG_ALGORITHMS = {
+    **dict.fromkeys(("subintervals", "precondition", "clean_estimate", "last_variance"), ("parasolver",)),
+    **dict.fromkeys(("window", "tol", "missing_history"), ("parasolver", "paradigms")),
+    **dict.fromkeys(("gamma", "rho", "integration", "mu_pred", "seed_sharing", "return_latent", "exchange"), ("se2p",)),
+}
+
+
+def check_flags_apply(algorithm: str, given) -> None:
+    """Every algorithm-specific flag among ``given`` (RunConfig field names) belongs to ``algorithm``."""
+    for field in given:
+        owners = FLAG_ALGORITHMS.get(field)
+        if owners and algorithm not in owners:
+            raise ConfigError("--" + field.replace("_", "-"), f"is a flag of {' and '.join(owners)}, not of {algorithm}")
+
+
 def check_output(flag: str, path: str, extensions: tuple[str, ...]) -> None:
     """A file a command will write: its extension, and a folder that exists and is writable.
     Every command checks its outputs with this before any work, so that a typo in a path
