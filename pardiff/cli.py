@@ -8,6 +8,9 @@ import sys
 from . import __version__
 from .config import ALGORITHMS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output
 
+# ALGO of run, simulate and bench tracing; fit-iia has its own command, which has its flags
+SAMPLING = tuple(a for a in ALGORITHMS if a != "fit-iia")
+
 # Launchers tell each process its rank; used to print argument errors once, before MPI starts.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
@@ -117,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an algorithm on the ranks of this MPI job",
                          description="Run ALGO on every rank: mpiexec -n P pardiff run ALGO [flags]")
-    run.add_argument("algorithm", metavar="ALGO", help=" | ".join(ALGORITHMS))
+    run.add_argument("algorithm", metavar="ALGO", help=" | ".join(SAMPLING))
     _add_run_flags(run)
 
     fit = sub.add_parser("fit-iia", help="fit IIA step sizes by MMSE, the set B split over the ranks",
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run ALGO on virtual ranks on a modelled network, or replay a trace",
                          description="pardiff simulate ALGO --ranks P --network NAME [--profile FILE] [run flags] | "
                                      "pardiff simulate --replay TRACE.h5 --network NAME (docs/simulator.md)")
-    sim.add_argument("algorithm", metavar="ALGO", nargs="?", help=" | ".join(ALGORITHMS))
+    sim.add_argument("algorithm", metavar="ALGO", nargs="?", help=" | ".join(SAMPLING))
     simg = sim.add_argument_group("simulator")
     simg.add_argument("--ranks", type=int, help="P virtual ranks (execute mode)")
     simg.add_argument("--network", default="nvlink",
@@ -183,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="GPU tensors over a host-only MPI: pinned (default, what runs use) | pageable")
     btrace = bsub.add_parser("tracing", help="wall time of one run with the trace on and off (run under mpiexec)",
                              description="pardiff bench tracing ALGO [run flags] --repeats N --results FILE.json")
-    btrace.add_argument("algorithm", metavar="ALGO", help=" | ".join(ALGORITHMS))
+    btrace.add_argument("algorithm", metavar="ALGO", help=" | ".join(SAMPLING))
     _add_run_flags(btrace, outputs=None)
     btrace.add_argument("--repeats", type=int, default=5, help="runs with the trace on, and as many off")
     btrace.add_argument("--results", required=True, help="FILE.json for the timings (FILE-trace.h5: the last trace)")
@@ -244,6 +247,9 @@ def _add_train_eval(sub) -> None:
 def _run_config(args) -> RunConfig:
     """The RunConfig of a command's ALGO and run flags (run, fit-iia, simulate, bench tracing);
     a flag of another algorithm than ALGO raises ConfigError."""
+    if args.algorithm == "fit-iia" and args.command != "fit-iia":
+        raise ConfigError("ALGO", "fitting step sizes has its own command and flags: mpiexec -n P pardiff fit-iia "
+                                  "--solver ... (pardiff fit-iia --help)")
     fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__
               if f != "algorithm" and getattr(args, f, None) is not None}
     check_flags_apply(args.algorithm, fields)

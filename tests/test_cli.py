@@ -126,6 +126,8 @@ OTHER_BAD = [
     (None, ["simulate", "--replay", "t.h5", "--ranks", 5], "--ranks"),
     (None, ["simulate", "--replay", "t.h5", "--network", "recorded", "--ranks-per-node", 0], "--ranks-per-node"),
     (None, ["simulate", "se2p", "--ranks", 1], "--ranks"),
+    (2, ["run", "fit-iia", "--out", "c.h5"], "ALGO"),         # its flags belong to `pardiff fit-iia`
+    (None, ["simulate", "fit-iia", "--ranks", 2, "--out", "c.h5"], "ALGO"),
     (None, ["simulate", "paradigms", "--ranks", 2, "--precondition", 3], "--precondition"),
     (2, ["bench", "tracing", "sequential", "--tol", 0.1, "--results", "r.json"], "--tol"),
     (None, ["bench", "model", "--device", "gpu", "--out", "m.json"], "--device"),
