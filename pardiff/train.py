@@ -18,7 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 
-from .config import ConfigError
+from .config import ConfigError, check_output
 from .data import DATASETS   # torch is imported only when training: the parser imports this module
 
 
@@ -72,10 +72,11 @@ class TrainConfig:
             raise ConfigError("--device", "cuda was asked for but torch sees no GPU")
         if os.path.isfile(self.out):
             raise ConfigError("--out", f"{self.out!r} is a file; give a folder to write the model into")
-        if self.log and os.path.isdir(self.log):
-            raise ConfigError("--log", f"{self.log!r} is a folder; give a FILE.json")
-        if self.log and not os.path.isdir(os.path.dirname(os.path.abspath(self.log))):
-            raise ConfigError("--log", f"the folder of {self.log!r} does not exist")
+        parent = os.path.dirname(os.path.abspath(self.out))     # checked now, not after the training
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ConfigError("--out", f"folder {parent!r} does not exist or is not writable")
+        if self.log:
+            check_output("--log", self.log, (".json",))
 
 
 def unet_config(size: int, channels: list[int]) -> dict:

@@ -50,10 +50,12 @@ def test_train_tiny_loads_and_is_deterministic(tmp_path):
     (dict(save_dtype="int8"), "--save-dtype"),
     (dict(device="tpu"), "--device"),
     (dict(log="no/such/folder/log.json"), "--log"),
+    (dict(log="log.txt"), "--log"),
+    (dict(out="no/such/folder/m"), "--out"),
 ])
 def test_train_validation_names_the_flag(tmp_path, change, flag):
     with pytest.raises(ConfigError) as e:
-        TrainConfig(out=str(tmp_path / "m"), **{**TINY, **change}).validate()
+        TrainConfig(**{"out": str(tmp_path / "m"), **TINY, **change}).validate()
     assert e.value.flag == flag and str(e.value).startswith(flag)
 
 
