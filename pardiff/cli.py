@@ -261,10 +261,7 @@ def _run(args) -> int:
     from .comm.mpi import LauncherMismatch, MPIComm
     from .runtime import run
 
-    try:
-        cfg = _run_config(args)
-    except ConfigError as e:
-        return _error(e)
+    cfg = _run_config(args)
     try:
         comm = MPIComm()
     except LauncherMismatch as e:
@@ -322,10 +319,7 @@ def _simulate(args) -> int:
     if args.replay:
         if args.algorithm:
             return _flag_error("--replay", "re-times a recorded trace: give either ALGO or --replay, not both")
-        try:
-            _check_replay_flags(args)
-        except ConfigError as e:
-            return _error(e)
+        _check_replay_flags(args)
         from .sim.replay import replay
         try:
             return replay(args.replay, network, profile, trace_out=args.trace, report_out=args.report)
@@ -426,24 +420,15 @@ def _bench(args) -> int:
             return _flag_error("--staging", f"pinned | pageable, got {args.staging!r}")
         if args.transport == "nccl" and args.device != "cuda":
             return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
-        try:
-            if args.out:
-                check_output("--out", args.out, (".json",))
-        except ConfigError as e:
-            return _error(e)
+        if args.out:
+            check_output("--out", args.out, (".json",))
         from .bench import bench_comm
         return bench_comm(sizes, args.device, args.repeats, args.out, args.transport, args.staging)
     if args.bench_command == "tracing":
         if args.repeats < 1:
             return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")
-        try:
-            check_output("--results", args.results, (".json",))   # its traces and reports go next to it
-        except ConfigError as e:
-            return _error(e)
-        try:
-            cfg = _run_config(args)
-        except ConfigError as e:
-            return _error(e)
+        check_output("--results", args.results, (".json",))   # its traces and reports go next to it
+        cfg = _run_config(args)
         from .bench import bench_tracing
         return bench_tracing(cfg, args.repeats, args.results)
 
@@ -465,10 +450,7 @@ def _bench(args) -> int:
         return _flag_error("--device", f"auto | cpu | cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         return _flag_error("--device", "cuda was asked for but torch sees no GPU")
-    try:
-        check_output("--out", args.out, (".json",))
-    except ConfigError as e:
-        return _error(e)
+    check_output("--out", args.out, (".json",))
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     try:
@@ -518,12 +500,9 @@ def _trace(args) -> int:
             return _error(e)
         print(f"merged ranks {ranks} into {args.file}")
         return 0
-    try:
-        if args.trace_command in ("plot", "export"):
-            check_output("-o", args.output, (".png",) if args.trace_command == "plot" else (".json",))
-            check_distinct({"FILE": args.file, "-o": args.output})
-    except ConfigError as e:
-        return _error(e)
+    if args.trace_command in ("plot", "export"):
+        check_output("-o", args.output, (".png",) if args.trace_command == "plot" else (".json",))
+        check_distinct({"FILE": args.file, "-o": args.output})
     try:
         trace = load_trace(args.file)
     except (OSError, ValueError) as e:
@@ -545,10 +524,7 @@ def _trace(args) -> int:
 def _train(args) -> int:
     from .train import TrainConfig, train
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
-    try:
-        log = train(TrainConfig(**fields))
-    except ConfigError as e:                 # its message starts with the flag
-        return _error(e)
+    log = train(TrainConfig(**fields))
     print(f"trained {log['parameters'] / 1e6:.2f} M parameters for {args.steps} steps in {log['wall_s']:.1f} s "
           f"on {log['device']}: final loss {log['final_loss']:.4f}; wrote {args.out}")
     return 0
@@ -556,11 +532,8 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from .quality import EvalError, evaluate, format_table
-    try:
-        if args.report:
-            check_output("--report", args.report, (".json",))
-    except ConfigError as e:
-        return _error(e)
+    if args.report:
+        check_output("--report", args.report, (".json",))
     try:
         report = evaluate(args.samples, args.reference)
     except EvalError as e:
@@ -580,6 +553,13 @@ def main(argv=None) -> int:
     # CUDA_MODULE_LOADING the user set wins. Before any CUDA call: the context reads it once.
     os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:             # a bad flag found before any work: its message starts with the flag
+        return _error(e)
+
+
+def _dispatch(args) -> int:
     if args.command in ("run", "fit-iia"):
         return _run(args)
     if args.command == "trace":

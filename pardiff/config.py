@@ -270,11 +270,16 @@ def check_distinct(paths: dict[str, str | None]) -> None:
         seen[key] = flag
 
 
-def _writable(flag: str, path: str) -> None:
+def check_folder_of(flag: str, path: str) -> None:
+    """The folder ``path`` will be written into exists and is writable."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(flag, f"folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise ConfigError(flag, f"folder {folder!r} is not writable")
+
+
+def _writable(flag: str, path: str) -> None:
+    check_folder_of(flag, path)
     if os.path.isdir(path):
         raise ConfigError(flag, f"{path!r} is a folder, not a file")

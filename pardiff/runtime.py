@@ -411,8 +411,8 @@ def _finish(ctx: Context, sample, wall_s: float) -> int:
         report.update(ctx.report)
         report.update(getattr(comm, "trace_attrs", {}))     # the simulator's network, profile, stand-in
         write_json(cfg.report, report)
-    if isinstance(sample, torch.Tensor) and not bool(torch.isfinite(sample).all()):
-        bad = int((~torch.isfinite(sample)).sum())
+    bad = int((~torch.isfinite(sample)).sum()) if isinstance(sample, torch.Tensor) else 0
+    if bad:
         sys.stderr.write(f"pardiff: error: {bad} of the sample's {sample.numel()} values are NaN or inf (written "
                          "as they are): the run's arithmetic overflowed; look at --rho, --gamma, --guidance, --dtype\n")
         return 1

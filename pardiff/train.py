@@ -18,7 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 
-from .config import ConfigError, check_output
+from .config import ConfigError, check_folder_of, check_output
 from .data import DATASETS   # torch is imported only when training: the parser imports this module
 
 
@@ -72,9 +72,7 @@ class TrainConfig:
             raise ConfigError("--device", "cuda was asked for but torch sees no GPU")
         if os.path.isfile(self.out):
             raise ConfigError("--out", f"{self.out!r} is a file; give a folder to write the model into")
-        parent = os.path.dirname(os.path.abspath(self.out))     # checked now, not after the training
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise ConfigError("--out", f"folder {parent!r} does not exist or is not writable")
+        check_folder_of("--out", self.out)       # checked now, not after the training
         if self.log:
             check_output("--log", self.log, (".json",))
 
