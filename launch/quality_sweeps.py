@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""SE2P's remaining quality experiments on a trained model (issue 7): N = 100 with small ρ (Tables 1/4,
-Figs. 2, 10), the mixing-parameter sweep (Fig. 26), the t_k + 1 variant (Fig. 27) and P = 2 … 10 ranks
-(Fig. 28).
+"""SE2P's quality experiments on a trained model (issue 7): the DDPM settings of Tables 1/4 (N = 10, 20),
+N = 100 with small ρ (Figs. 2, 10), the mixing-parameter sweep (Fig. 26), the t_k + 1 variant (Fig. 27) and
+P = 2 … 10 ranks (Fig. 28). On a GPU node it runs the same commands with many samples (--batch 1024).
 
 Every setting is one ``pardiff run`` (the baseline ``sequential --sampler ddpm`` on 1 rank, SE2P under
 ``mpiexec -n P``) from the same --seed, so sample i of every setting starts from the same initial noise;
-then one ``pardiff eval --reference lfw`` over every set and --batch training images. Groups (--groups):
+then one ``pardiff eval --reference lfw`` over every set and --batch training images (at most the 200).
+Groups (--groups):
+
+- ``table4``: N ∈ {10, 20}: DDPM baseline, naive ablation, SE2P ρ ∈ {1.35, 1.55} (γ = 0.015; Tables 1/4,
+              Figs. 7–9; ``launch/quality_study.py`` ran the same settings with 64 samples);
 
 - ``n100``:   DDPM-100 baseline, naive ablation, SE2P ρ ∈ {0.25, 0.5} (γ = 0.015; the paper's §4 / Fig. 10);
 - ``gamma``:  DDPM-20, ρ = 1.55, γ ∈ {0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75} (Fig. 26; its γ = 0 is
@@ -39,6 +43,7 @@ from quality_study import grid_png, paired, pardiff  # noqa: E402  (the same run
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
+GROUPS = ("table4", "n100", "gamma", "tk1", "procs")
 
 
 def se2p(gamma, rho, integration="predictor"):
@@ -53,6 +58,12 @@ def settings(groups, procs10, procs20) -> list[dict]:
     def add(group, tag, n, ranks, args):
         out.append({"group": group, "tag": tag, "n": n, "ranks": ranks, "args": args})
 
+    if "table4" in groups:
+        for n in (10, 20):
+            add("table4", f"ddpm-{n}-B", n, 1, base)
+            add("table4", f"ddpm-{n}-Abl", n, 2, se2p(GAMMA, 1.0, "naive"))
+            for rho in (1.35, 1.55):
+                add("table4", f"ddpm-{n}-{rho:.2f}", n, 2, se2p(GAMMA, rho))
     if "n100" in groups:
         add("n100", "ddpm-100-B", 100, 1, base)
         add("n100", "ddpm-100-Abl", 100, 2, se2p(GAMMA, 1.0, "naive"))
@@ -76,11 +87,18 @@ def settings(groups, procs10, procs20) -> list[dict]:
     return out
 
 
+def sampling_device() -> str:
+    """Where ``pardiff run`` (``--device auto``) put the runs: the GPU if torch sees one, else this CPU."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (pardiff run --device auto; ranks share GPU 0)"
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--img-dir", help="also write the grids here (docs/img)")
-    ap.add_argument("--groups", nargs="*", default=["n100", "gamma", "tk1", "procs"])
+    ap.add_argument("--groups", nargs="*", default=list(GROUPS))
     ap.add_argument("--procs-10", nargs="*", type=int, default=list(range(2, 11)))
     ap.add_argument("--procs-20", nargs="*", type=int, default=[2, 4, 10])
     ap.add_argument("--model", default="lfw-32")
@@ -113,6 +131,7 @@ def main(argv=None) -> int:
     from pardiff.data import load_dataset
     data, _ = load_dataset("lfw", 32)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
+    n_data = len(pick)
     np.save(samples_dir / "data.npy", data[pick].numpy())
     with tempfile.TemporaryDirectory() as tmp:
         pardiff(None, "eval", *[f"{t}.npy" for t in tags + ["data"]], "--reference", "lfw",
@@ -134,7 +153,7 @@ def main(argv=None) -> int:
             diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
     groups = {}
-    for r in settings(["n100", "gamma", "tk1", "procs"], args.procs_10, args.procs_20):
+    for r in settings(GROUPS, args.procs_10, args.procs_20):
         if r["tag"] in samples:
             groups.setdefault(r["group"], [])
             if r["tag"] not in groups[r["group"]]:
@@ -148,11 +167,11 @@ def main(argv=None) -> int:
             grid_png(d / f"quality_sweeps_{group}.png", rows, min(args.grid_cols, args.batch))
 
     meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "groups": groups,
-            "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+            "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "wall_s_this_call": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],
-            "data_row": f"{args.batch} of the 200 training images (seed 0); its KID and nearest-image distance "
+            "data_row": f"{n_data} of the {len(data)} training images (seed 0); its KID and nearest-image distance "
                         "compare a subset with a set that contains it"}
     results_path.write_text(json.dumps({"meta": meta, "metrics": metrics, "paired_vs_baseline": diffs},
                                        indent=1) + "\n")
