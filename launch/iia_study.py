@@ -4,8 +4,10 @@
 For each solver and NFE budget: fit the step sizes (``pardiff fit-iia`` on --ranks ranks over
 |B| = --fit-batch noises), sample --test-batch other noises with the base sampler and the IIA
 sampler, and measure the RMS distance of each sample to the probability-flow solution from the
-same initial noise (DDIM with --reference-steps steps, 1000 by default). Writes results.json and table.md
-to --out-dir. --nfe keeps only some NFE budgets; the guided reference is computed only when ddim-cfg is
+same initial noise (DDIM with --reference-steps steps, 1000 by default): over all test samples, their
+median, and how many end more than --far away (on another image, not merely less accurate). With --eval,
+also ``pardiff eval --reference lfw`` of every sample set (KID, NIQE-LFW, sharpness: the FID-like view).
+Writes results.json and table.md to --out-dir. --nfe keeps only some NFE budgets; the guided reference is computed only when ddim-cfg is
 among --solvers (an unconditional model such as lfw-32 has no classes).
 
     python3 launch/iia_study.py --out-dir traces/results/<date>_cpu_iia
@@ -45,6 +47,12 @@ def pardiff(ranks: int, *args, cwd: Path) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
 
 
+def device() -> str:
+    """Where ``pardiff run`` (``--device auto``) sampled: the GPU if torch sees one, else this CPU."""
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", required=True)
@@ -60,6 +68,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nfe", nargs="*", type=int, help="only these NFE budgets (default: all of each solver's)")
     ap.add_argument("--reference-steps", type=int, default=1000, help="DDIM steps of the reference (default 1000)")
     ap.add_argument("--keep-samples", action="store_true", help="keep the samples (.npy) in --out-dir/samples")
+    ap.add_argument("--far", type=float, default=0.15,
+                    help="a test sample whose RMS error exceeds this ended on another image (default %(default)s)")
+    ap.add_argument("--eval", action="store_true",
+                    help="also pardiff eval --reference lfw every sample set (a model of LFW's 32x32 images)")
     args = ap.parse_args(argv)
     if shutil.which("mpiexec") is None:
         raise SystemExit("no mpiexec on PATH (pip install -e '.[mpich]')")
@@ -77,7 +89,12 @@ def main(argv=None) -> int:
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, *guided,
                 "--out", "ref-cfg.npy", cwd=work)
         refs[True] = np.load(work / "ref-cfg.npy")
-    rms = lambda f, g: float(np.sqrt(((np.load(work / f) - refs[g]) ** 2).mean()))   # noqa: E731
+
+    def errors(f, g) -> dict:
+        """RMS error to the reference over all samples, its per-sample median, and the samples beyond --far."""
+        per = np.sqrt(((np.load(work / f) - refs[g]) ** 2).reshape(len(refs[g]), -1).mean(1))
+        return {"all": float(np.sqrt((per ** 2).mean())), "median": float(np.median(per)),
+                "far": int((per > args.far).sum())}
 
     rows = []
     for name in args.solvers:
@@ -97,9 +114,11 @@ def main(argv=None) -> int:
                     cwd=work)
             pardiff(1, "run", "sequential", "--sampler", sampler, "--coeffs", f"{tag}.h5", "--steps", steps, *flags,
                     "--out", f"{tag}-iia.npy", cwd=work)
+            eb, ei = errors(f"{tag}-base.npy", g), errors(f"{tag}-iia.npy", g)
             row = {"solver": name, "sampler": sampler, "base": base, "nfe": nfe, "steps": steps,
                    "residual_base": fit["residual_base"], "residual_fitted": fit["residual_fitted"],
-                   "error_base": rms(f"{tag}-base.npy", g), "error_iia": rms(f"{tag}-iia.npy", g),
+                   "error_base": eb["all"], "error_iia": ei["all"], "error_base_median": eb["median"],
+                   "error_iia_median": ei["median"], "far_base": eb["far"], "far_iia": ei["far"],
                    "fit_wall_s": fit["wall_s"], "coefficients": fit["coefficients"]}
             rows.append(row)
             print(f"{name:12s} NFE {nfe:3d}: residual {row['residual_base']:.3g} -> {row['residual_fitted']:.3g}, "
@@ -116,21 +135,49 @@ def main(argv=None) -> int:
             pardiff(1, "run", "sequential", "--sampler", "iia-ddim", "--coeffs", f"{tag}.h5", "--steps", 10, *test,
                     "--out", f"{tag}.npy", cwd=work)
             sweep.append({"quantities": q, "B": B, "residual_base": fit["residual_base"],
-                          "residual_fitted": fit["residual_fitted"], "error_iia": rms(f"{tag}.npy", False)})
+                          "residual_fitted": fit["residual_fitted"], "error_iia": errors(f"{tag}.npy", False)["all"]})
             print(f"IIA-DDIM q={q} |B|={B:4d}: residual {fit['residual_fitted']:.3g}, error {sweep[-1]['error_iia']:.4f}",
                   flush=True)
 
+    quality = {}
+    if args.eval:
+        sets = ["ref.npy"] + [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
+        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", "lfw", "--report", "eval.json", cwd=work)
+        files = json.loads((work / "eval.json").read_text())["files"]
+        quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "face_rate": m["face_rate"],
+                            "sharpness": m["sharpness"]["mean"], "niqe_lfw": m["niqe_lfw"]["mean"],
+                            "niqe_lfw_se": m["niqe_lfw"]["se"], "niqe_lfw_set": m["niqe_lfw"]["set"]}
+                   for f, m in files.items()}
+
     meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
             "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": 2, "class_label": CLASS,
-            "reference": f"ddim, {ref_steps} steps, same initial noise", "device": f"cpu ({platform.machine()})",
+            "reference": f"ddim, {ref_steps} steps, same initial noise", "device": device(), "far": args.far,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
-    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep}, indent=1))
-    lines = ["| solver | NFE | steps | residual base | residual IIA | RMS error base | RMS error IIA |",
+    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
+                                                       "quality": quality}, indent=1))
+    n = args.test_batch
+    lines = [f"RMS error to the reference over the {n} test samples (median of the per-sample errors; "
+             f"samples further than {args.far} from it)", "",
+             "| solver | NFE | steps | residual base | residual IIA | RMS error base | RMS error IIA |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['sampler']}{' (1 quantity)' if r['solver'] == 'ddim-1q' else ''} vs {r['base']} "
                      f"| {r['nfe']} | {r['steps']} | {r['residual_base']:.3g} | {r['residual_fitted']:.3g} "
-                     f"| {r['error_base']:.4f} | {r['error_iia']:.4f} |")
+                     f"| {r['error_base']:.4f} ({r['error_base_median']:.4f}; {r['far_base']} of {n}) "
+                     f"| {r['error_iia']:.4f} ({r['error_iia_median']:.4f}; {r['far_iia']} of {n}) |")
+    if quality:
+        q = quality
+        lines += ["", "pardiff eval --reference lfw of each set (KID ± spread over halves; NIQE-LFW per image ± SE "
+                  "(set)); the reference: " + f"KID {q['ref']['kid']:.3f}, NIQE-LFW {q['ref']['niqe_lfw']:.2f} "
+                  f"({q['ref']['niqe_lfw_set']:.2f}), sharpness {q['ref']['sharpness']:.4f}", "",
+                  "| solver | NFE | KID base | KID IIA | NIQE-LFW base | NIQE-LFW IIA | sharpness base / IIA |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            b, i = q[f"{r['solver']}-{r['steps']}-base"], q[f"{r['solver']}-{r['steps']}-iia"]
+            lines.append(f"| {r['sampler']} vs {r['base']} | {r['nfe']} | {b['kid']:.3f} ± {b['kid_subset_std']:.3f} "
+                         f"| {i['kid']:.3f} ± {i['kid_subset_std']:.3f} | {b['niqe_lfw']:.2f} ± {b['niqe_lfw_se']:.2f} "
+                         f"({b['niqe_lfw_set']:.2f}) | {i['niqe_lfw']:.2f} ± {i['niqe_lfw_se']:.2f} "
+                         f"({i['niqe_lfw_set']:.2f}) | {b['sharpness']:.4f} / {i['sharpness']:.4f} |")
     if sweep:
         base10 = next((r["error_base"] for r in rows if r["solver"] == "ddim" and r["nfe"] == 10), None)
         lines += ["", f"IIA-DDIM at NFE 10 against |B| (DDIM-10's RMS error: {base10})", "",
