@@ -215,7 +215,8 @@ def _add_train_eval(sub) -> None:
     """pardiff train (pardiff/train.py) and pardiff eval (pardiff/quality.py); docs/reproduction.md."""
     from .train import TrainConfig
     d = TrainConfig(out="")
-    tr = sub.add_parser("train", help="train a small pixel-space DDPM (UNet2DModel) on data that ships offline",
+    tr = sub.add_parser("train", help="train a small DDPM (UNet2DModel; pixel space, or latent with --vae-channels) "
+                                      "on data that ships offline",
                         description="pardiff train --data lfw --steps 4000 --out FOLDER (needs the train extra: "
                                     "pip install -e '.[train]')")
     tr.add_argument("--data", default=d.data, help="lfw (200 LFW crops, faces and non-faces; default) | lfw-faces")
@@ -234,6 +235,15 @@ def _add_train_eval(sub) -> None:
                                                               "the size) | float32")
     tr.add_argument("--out", required=True, help="FOLDER for the diffusers model (loadable with --model FOLDER)")
     tr.add_argument("--log", help="FILE.json: loss curve, wall time, device, versions")
+    lat = tr.add_argument_group("latent diffusion (docs/reproduction.md, lfw-ldm)")
+    lat.add_argument("--vae-channels", help="train a latent model: first an AutoencoderKL with these widths per "
+                                            "level (e.g. 32,64,64: latents 4x smaller), then the UNet on its latents")
+    lat.add_argument("--latent-channels", type=int, default=d.latent_channels,
+                     help="latent channels (default %(default)s)")
+    lat.add_argument("--vae-steps", type=int, default=d.vae_steps, help="autoencoder steps (default %(default)s)")
+    lat.add_argument("--kl-weight", type=float, default=d.kl_weight,
+                     help="weight of the KL term against the summed squared error (default %(default)s, the LDM "
+                          "paper's)")
 
     ev = sub.add_parser("eval", help="image statistics and distances of samples written by pardiff run --out",
                         description="pardiff eval A.npy [B.npy ...] --reference lfw|gmm|none --report FILE.json")
@@ -242,6 +252,9 @@ def _add_train_eval(sub) -> None:
                     help="none (default): image attributes only | lfw: also KID and face rate against the LFW "
                          "training images | gmm or gmm:CxHxW: also the exact log-likelihood under the mixture")
     ev.add_argument("--report", help="write the metrics to FILE.json")
+    ev.add_argument("--decode", metavar="MODEL", help="the files hold latents of this latent model (pardiff run "
+                                                      "--out FILE.npy writes latents): decode them through its "
+                                                      "autoencoder first")
 
 
 def _run_config(args) -> RunConfig:
@@ -535,7 +548,7 @@ def _eval(args) -> int:
     if args.report:
         check_output("--report", args.report, (".json",))
     try:
-        report = evaluate(args.samples, args.reference)
+        report = evaluate(args.samples, args.reference, args.decode)
     except EvalError as e:
         return _error(e)
     if args.report:

@@ -47,8 +47,9 @@ class EvalError(ValueError):
 # Samples
 # ---------------------------------------------------------------------------------------------
 
-def load_samples(path: str) -> torch.Tensor:
-    """(B, C, H, W) float32 from a ``pardiff run --out FILE.npy``."""
+def load_samples(path: str, decoder=None) -> torch.Tensor:
+    """(B, C, H, W) float32 from a ``pardiff run --out FILE.npy``; a latent model's latents (what
+    ``--out FILE.npy`` writes for one) are decoded to images through ``decoder``'s autoencoder."""
     if not path.lower().endswith(".npy"):
         raise EvalError("SAMPLES", f"{path!r}: give the .npy files of pardiff run --out (a PNG grid does not "
                                    "say where its images end)")
@@ -63,11 +64,38 @@ def load_samples(path: str) -> torch.Tensor:
                                    "--out, in [-1, 1]")
     if not np.isfinite(x).all():
         raise EvalError("SAMPLES", f"{path!r} holds NaN or inf values: no statistic of them means anything")
+    if decoder is not None:
+        x = decode_latents(path, x, decoder)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or min(x.shape) < 1:
-        raise EvalError("SAMPLES", f"{path!r} holds shape {x.shape}; expected images (B, C, H, W) with C = 1 or 3")
+        hint = " (a latent model's latents? add --decode MODEL)" if x.ndim == 4 and decoder is None else ""
+        raise EvalError("SAMPLES", f"{path!r} holds shape {x.shape}; expected images (B, C, H, W) with C = 1 or 3"
+                                   + hint)
     if x.shape[2] < 3 or x.shape[3] < 3:
         raise EvalError("SAMPLES", f"{path!r}: images of {x.shape[2]}x{x.shape[3]} are too small for a Laplacian")
     return torch.from_numpy(x.astype(np.float32))
+
+
+def decode_latents(path: str, latents: np.ndarray, model) -> np.ndarray:
+    """Images in [-1, 1] from the latents of the latent model ``model`` (``--decode``), 256 at a time."""
+    shape = tuple(model.sample_shape)
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != shape:
+        raise EvalError("SAMPLES", f"{path!r} holds shape {latents.shape}; --decode {model.name} decodes its "
+                                   f"latents, (B, {', '.join(map(str, shape))})")
+    chunks = [torch.from_numpy(c.astype(np.float32)) for c in np.array_split(latents, max(1, len(latents) // 256))]
+    return torch.cat([model.decode(c).float().cpu() for c in chunks]).numpy()
+
+
+def load_decoder(spec: str):
+    """The latent model ``spec`` (``pardiff eval --decode``), on the CPU."""
+    from .models import load_model
+    try:
+        model = load_model(spec)
+    except ValueError as e:
+        raise EvalError("--decode", str(e)) from None
+    if getattr(model, "vae", None) is None:
+        raise EvalError("--decode", f"{spec!r} is a pixel-space model: its samples are images already, "
+                                    "give them without --decode")
+    return model
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -391,10 +419,12 @@ def _check_reference(reference: str) -> None:
     raise EvalError("--reference", f"none, lfw, gmm or gmm:CxHxW; got {reference!r}")
 
 
-def evaluate(paths: list[str], reference: str = "none") -> dict:
-    """The metrics of each samples file: per-attribute mean, standard deviation and standard error."""
+def evaluate(paths: list[str], reference: str = "none", decode: str | None = None) -> dict:
+    """The metrics of each samples file: per-attribute mean, standard deviation and standard error.
+    ``decode``: the files hold latents of this latent model; its autoencoder makes them images first."""
     _check_reference(reference)
-    samples = {path: load_samples(path) for path in paths}
+    decoder = load_decoder(decode) if decode else None
+    samples = {path: load_samples(path, decoder) for path in paths}
     lfw = None
     if reference == "lfw":
         bad = [p for p, x in samples.items() if x.shape[1] != 1]
@@ -415,6 +445,8 @@ def evaluate(paths: list[str], reference: str = "none") -> dict:
             entry.update(gmm_loglik(x, reference))
         files[path] = entry
     report = {"reference": reference, "files": files}
+    if decode:
+        report["decoded_with"] = decode
     if lfw is not None:
         report["feature_net"] = {"what": "face / non-face CNN on LFW (pardiff/quality.py), 64 features, seed 0",
                                  "held_out_accuracy": lfw.accuracy, "reference_images": len(lfw.images)}

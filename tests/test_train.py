@@ -1,4 +1,5 @@
-"""pardiff train: a tiny CPU run gives a folder --model loads; the flags' errors; the shipped lfw-32."""
+"""pardiff train: a tiny CPU run gives a folder --model loads (pixel space, and latent with an autoencoder);
+the flags' errors; the shipped lfw-32 and lfw-ldm."""
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from pardiff.train import TrainConfig, train
 
 TINY = dict(data="lfw", size=16, channels="16,32", steps=12, batch=8, lr=2e-3, warmup=2, device="cpu",
             save_dtype="float32")
+TINY_LATENT = dict(TINY, vae_channels="8,16", latent_channels=2, vae_steps=8)   # 16x16 images, 2x8x8 latents
 
 
 def test_train_tiny_loads_and_is_deterministic(tmp_path):
@@ -37,7 +39,62 @@ def test_train_tiny_loads_and_is_deterministic(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_train_tiny_latent_model(tmp_path):
+    """--vae-channels: an autoencoder, then the UNet on its scaled latents; a pipeline folder that pardiff
+    and diffusers' LDMPipeline load, whose samples pardiff eval --decode turns into images."""
+    pytest.importorskip("skimage")
+    log = train(TrainConfig(out=str(tmp_path / "a"), **TINY_LATENT))
+    vae_losses = [loss for _, loss in log["vae"]["loss_curve"]]
+    assert all(math.isfinite(v) for v in vae_losses) and vae_losses[-1] < vae_losses[0]
+    assert log["unet"]["in_channels"] == 2 and log["unet"]["sample_size"] == 8
+    index = json.loads((tmp_path / "a" / "model_index.json").read_text())
+    assert index["_class_name"] == "LDMPipeline" and index["vqvae"] == ["diffusers", "AutoencoderKL"]
+
+    model = load_model(str(tmp_path / "a"))
+    assert model.sample_shape == (2, 8, 8) and model.image_channels == 1
+    assert model.schedule.clip is None                     # latents are not clipped to [-1, 1]
+    scale = model.vae.config.scaling_factor
+    assert scale == pytest.approx(log["vae"]["scaling_factor"]) and scale > 0
+    z = torch.randn(3, 2, 8, 8)
+    images = model.decode(z)
+    assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
+    with torch.no_grad():                                   # decode divides by the scaling factor first
+        direct = model.vae.decode(z / scale).sample.clamp(-1, 1)
+    torch.testing.assert_close(images, direct)
+
+    # the same seed, the same autoencoder and UNet, bit for bit (on the CPU)
+    train(TrainConfig(out=str(tmp_path / "b"), **TINY_LATENT))
+    again = load_model(str(tmp_path / "b"))
+    for p, q in zip([*model.module.parameters(), *model.vae.parameters()],
+                    [*again.module.parameters(), *again.vae.parameters()]):
+        assert torch.equal(p, q)
+
+    from diffusers import LDMPipeline
+    images = LDMPipeline.from_pretrained(str(tmp_path / "a"))(batch_size=1, num_inference_steps=2,
+                                                              output_type="np").images
+    assert images.shape == (1, 16, 16, 1)
+
+    # pardiff run --out FILE.npy writes latents; pardiff eval --decode measures their images
+    pardiff(None, "run", "sequential", "--model", str(tmp_path / "a"), "--steps", "3", "--batch", "4",
+            "--out", "z.npy", cwd=tmp_path)
+    r = pardiff(None, "eval", "z.npy", "--decode", str(tmp_path / "a"), "--report", "e.json", cwd=tmp_path)
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["files"]["z.npy"]["shape"] == [1, 16, 16] and report["files"]["z.npy"]["n"] == 4
+    assert report["decoded_with"] == str(tmp_path / "a")
+    r = pardiff(None, "eval", "z.npy", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "add --decode MODEL" in r.stderr
+    r = pardiff(None, "eval", "z.npy", "--decode", "gmm", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "pardiff: error: --decode:" in r.stderr and "pixel-space" in r.stderr
+
+
 @pytest.mark.parametrize("change, flag", [
+    (dict(TINY_LATENT, vae_channels="8,x"), "--vae-channels"),
+    (dict(TINY_LATENT, vae_channels="12,24"), "--vae-channels"),
+    (dict(TINY_LATENT, vae_channels="8,16,16,16"), "--vae-channels"),     # latents of 2x2: too small for the UNet
+    (dict(TINY_LATENT, size=18, vae_channels="8,16,16"), "--size"),
+    (dict(TINY_LATENT, vae_steps=0), "--vae-steps"),
+    (dict(TINY_LATENT, latent_channels=0), "--latent-channels"),
+    (dict(TINY_LATENT, kl_weight=-1.0), "--kl-weight"),
     (dict(data="mnist"), "--data"),
     (dict(size=15), "--size"),
     (dict(size=4), "--size"),
@@ -72,3 +129,14 @@ def test_shipped_lfw_32():
     assert model.module.dtype == torch.float32                      # stored in float16, run in float32
     config = json.loads((Path(trained_path("lfw-32")) / "scheduler_config.json").read_text())
     assert config["beta_schedule"] == "linear" and config["num_train_timesteps"] == 1000
+
+
+def test_shipped_lfw_ldm():
+    assert "lfw-ldm" in model_names()
+    model = load_model("lfw-ldm")
+    assert model.name == "lfw-ldm" and model.sample_shape == (4, 8, 8) and model.image_channels == 1
+    assert sum(p.numel() for p in model.module.parameters()) == 3993476
+    assert sum(p.numel() for p in model.vae.parameters()) == 953413
+    assert model.schedule.T == 1000 and model.schedule.clip is None
+    images = model.decode(torch.zeros(2, 4, 8, 8))
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()

@@ -2,7 +2,8 @@
 
 - ``gmm`` (default) or ``gmm:CxHxW``: the analytic Gaussian mixture (models/gmm.py);
 - ``arch:<name>``: a real architecture from its config with random weights (models/hub.py);
-- ``lfw-32``: a DDPM trained by ``pardiff train``, its weights shipped in models/weights/;
+- ``lfw-32``, ``lfw-ldm``: a pixel-space DDPM and a latent diffusion model trained by ``pardiff train``,
+  their weights shipped in models/weights/;
 - a local diffusers folder or a hub id (``org/name``), loaded with ``from_pretrained``.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .gmm import GaussianMixture
 
 ARCH_NAMES = ("ddpm-church-256", "ddpm-celebahq-256", "sd2-unet", "dit-xl-2-256")
 # Models we trained ourselves (pardiff train; docs/reproduction.md): name -> folder in models/weights/
-TRAINED = {"lfw-32": "lfw-32"}
+TRAINED = {"lfw-32": "lfw-32", "lfw-ldm": "lfw-ldm"}
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _GMM = re.compile(r"^gmm(?::(\d+)x(\d+)x(\d+))?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -31,9 +32,10 @@ def check_model_spec(spec: str) -> None:
             raise ValueError(f"gmm shape must be positive, got {spec!r}")
         return
     if spec in TRAINED:
-        if not os.path.isfile(os.path.join(trained_path(spec), "config.json")):
+        if not any(os.path.isfile(os.path.join(trained_path(spec), f)) for f in ("config.json", "model_index.json")):
             raise ValueError(f"the weights of {spec!r} are missing from this install ({trained_path(spec)}); "
-                             "reinstall pardiff, or train them: launch/train_lfw.sh")
+                             "reinstall pardiff, or train them (the command is in its README.md there, "
+                             "and in docs/reproduction.md)")
         return
     if spec.startswith("arch:"):
         if spec[5:] not in ARCH_NAMES:

@@ -9,6 +9,7 @@ Both return a ``DiffusersModel``: the network behind the ``EpsModel`` interface.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -406,10 +407,12 @@ def load_pretrained(spec: str, device="cpu", dtype=torch.float32) -> DiffusersMo
         # For a hub id, fetch only the JSON configs first: enough to decide what to load.
         root = spec if local else snapshot_download(spec, allow_patterns=["*.json"], **hub_kwargs)
         model_sub, model_class, scheduler_config, vae_sub, vae_class = _find_components(root, spec)
-        module = model_class.from_pretrained(spec, subfolder=model_sub or None, torch_dtype=dtype, **hub_kwargs)
+        # without accelerate diffusers falls back to a plain load and warns at every load: ask for that load
+        load_kwargs = dict(hub_kwargs, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
+        module = model_class.from_pretrained(spec, subfolder=model_sub or None, torch_dtype=dtype, **load_kwargs)
         vae = None
         if vae_class is not None:
-            vae = vae_class.from_pretrained(spec, subfolder=vae_sub, torch_dtype=torch.float32, **hub_kwargs)
+            vae = vae_class.from_pretrained(spec, subfolder=vae_sub, torch_dtype=torch.float32, **load_kwargs)
     except (OSError, EntryNotFoundError, HfHubHTTPError) as e:
         if local:
             raise ValueError(f"could not load the diffusers model in {spec!r}: {e}") from e
