@@ -15,7 +15,13 @@ Groups (--groups):
 - ``gamma``:  DDPM-20, ρ = 1.55, γ ∈ {0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75} (Fig. 26; its γ = 0 is
               outside SE2P's 0 < γ ≤ 1 and its second "0.15" is read as 0.5), next to the baseline;
 - ``tk1``:    DDPM-20, ρ = 1.55, γ = 0.015, ``--integration predictor-tk1`` beside SE2P (Fig. 27);
-- ``procs``:  γ = 0.015, ρ = 1.35, P ranks (Fig. 28): P ∈ --procs-10 at N = 10, P ∈ --procs-20 at N = 20.
+- ``procs``:  γ = 0.015, ρ = 1.35, P ranks (Fig. 28): P ∈ --procs-10 at N = 10, P ∈ --procs-20 at N = 20,
+              P ∈ --procs-40 at N = 40 (Fig. 28's LD rows are N = 20 and 40: --model lfw-ldm);
+- ``ld``:     the paper's LD settings (Fig. 3, Table 1's LD-20; meant for --model lfw-ldm): baseline, naive
+              ablation and SE2P at N = 20 (ρ ∈ {1.35, 1.55}), 40 (ρ ∈ {1.20, 1.35}) and 80 (ρ ∈ {0.90, 1.10}).
+
+A latent model's runs write latents; they are decoded through its autoencoder for every statistic and
+grid (``pardiff eval --decode``).
 
 Runs whose samples already exist in --out-dir/samples are not run again (a sweep can be resumed or
 extended). Writes to --out-dir: samples/TAG.npy, results.json (eval metrics, paired differences against
@@ -43,14 +49,15 @@ from quality_study import grid_png, paired, pardiff  # noqa: E402  (the same run
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
-GROUPS = ("table4", "n100", "gamma", "tk1", "procs")
+GROUPS = ("table4", "n100", "gamma", "tk1", "procs", "ld")
+LD_RHOS = {20: (1.35, 1.55), 40: (1.20, 1.35), 80: (0.90, 1.10)}      # the paper's Fig. 3
 
 
 def se2p(gamma, rho, integration="predictor"):
     return ["se2p", "--gamma", gamma, "--rho", rho, "--integration", integration]
 
 
-def settings(groups, procs10, procs20) -> list[dict]:
+def settings(groups, procs10, procs20, procs40=()) -> list[dict]:
     """Every run: tag, group, N, ranks, run arguments. A tag shared by groups is run once."""
     base = ["sequential", "--sampler", "ddpm"]
     out = []
@@ -78,13 +85,26 @@ def settings(groups, procs10, procs20) -> list[dict]:
         add("tk1", "ddpm-20-1.55-g0.015", 20, 2, se2p(GAMMA, 1.55))
         add("tk1", "ddpm-20-1.55-tk1", 20, 2, se2p(GAMMA, 1.55, "predictor-tk1"))
     if "procs" in groups:
-        for n, procs in ((10, procs10), (20, procs20)):
+        for n, procs in ((10, procs10), (20, procs20), (40, procs40)):
             if not procs:
                 continue
             add("procs", f"ddpm-{n}-B", n, 1, base)
             for p in procs:
                 add("procs", f"ddpm-{n}-1.35-P{p}", n, p, se2p(GAMMA, 1.35))
+    if "ld" in groups:
+        for n, rhos in LD_RHOS.items():
+            add("ld", f"ddpm-{n}-B", n, 1, base)
+            add("ld", f"ddpm-{n}-Abl", n, 2, se2p(GAMMA, 1.0, "naive"))
+            for rho in rhos:
+                add("ld", f"ddpm-{n}-{rho:.2f}", n, 2, se2p(GAMMA, rho))
     return out
+
+
+def decoder_of(model: str):
+    """The model itself when it is a latent model (its samples are latents to decode), else None."""
+    from pardiff.models import load_model
+    m = load_model(model)
+    return m if getattr(m, "vae", None) is not None else None
 
 
 def sampling_device() -> str:
@@ -101,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", nargs="*", default=list(GROUPS))
     ap.add_argument("--procs-10", nargs="*", type=int, default=list(range(2, 11)))
     ap.add_argument("--procs-20", nargs="*", type=int, default=[2, 4, 10])
+    ap.add_argument("--procs-40", nargs="*", type=int, default=[])
     ap.add_argument("--model", default="lfw-32")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
@@ -115,7 +136,7 @@ def main(argv=None) -> int:
     wall = dict(old.get("meta", {}).get("run_wall_s", {}))
     t0 = time.time()
 
-    runs = settings(args.groups, args.procs_10, args.procs_20)
+    runs = settings(args.groups, args.procs_10, args.procs_20, args.procs_40)
     unique = {}
     for r in runs:
         unique.setdefault(r["tag"], r)
@@ -133,13 +154,21 @@ def main(argv=None) -> int:
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
     n_data = len(pick)
     np.save(samples_dir / "data.npy", data[pick].numpy())
+    decoder = decoder_of(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags + ["data"]], "--reference", "lfw",
+        decode = ["--decode", args.model] if decoder is not None else []
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", "lfw", *decode,
                 "--report", str(Path(tmp) / "eval.json"), cwd=samples_dir)
+        pardiff(None, "eval", "data.npy", "--reference", "lfw", "--report", str(Path(tmp) / "data.json"),
+                cwd=samples_dir)
         report = json.loads((Path(tmp) / "eval.json").read_text())
+        report["files"]["data.npy"] = json.loads((Path(tmp) / "data.json").read_text())["files"]["data.npy"]
     metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
 
     samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
+    if decoder is not None:                     # latents -> the images every statistic and grid is about
+        from pardiff.quality import decode_latents
+        samples = {t: decode_latents(t, x, decoder) for t, x in samples.items()}
     from pardiff.quality import LfwReference, niqe_features, niqe_scores, to_unit
     lfw = LfwReference()
     net = lfw.net                               # the same seeded classifier pardiff eval used
@@ -153,18 +182,22 @@ def main(argv=None) -> int:
             diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
     groups = {}
-    for r in settings(GROUPS, args.procs_10, args.procs_20):
+    # the groups asked for now and those of an earlier call on this folder (not every group whose tags match:
+    # table4's N = 20 tags are also the ld group's)
+    wanted = set(args.groups) | set(old.get("meta", {}).get("groups", {}))
+    for r in settings([g for g in GROUPS if g in wanted], args.procs_10, args.procs_20, args.procs_40):
         if r["tag"] in samples:
             groups.setdefault(r["group"], [])
             if r["tag"] not in groups[r["group"]]:
                 groups[r["group"]].append(r["tag"])
     groups = {g: ts for g, ts in groups.items() if any(not t.endswith("-B") for t in ts)}   # groups actually run
+    prefix = "" if args.model == "lfw-32" else Path(args.model).name.replace(":", "-") + "_"   # lfw-32's names stay
     img_dirs = [out_dir] + ([Path(args.img_dir)] if args.img_dir else [])
     for group, gtags in groups.items():
         rows = [samples[t] for t in gtags]
         for d in img_dirs:
             d.mkdir(parents=True, exist_ok=True)
-            grid_png(d / f"quality_sweeps_{group}.png", rows, min(args.grid_cols, args.batch))
+            grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
     meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "groups": groups,
             "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
