@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_study import grid_png, sampling_device  # noqa: E402  (the grids and device line of the quality studies)
+
 # solver -> (IIA sampler, base sampler, steps per NFE budget, extra flags); NFE = model evaluations per sample
 # (the guided ε̈ is one evaluation of the guided model: two network batches in one call)
 SOLVERS = {
@@ -45,12 +48,6 @@ def pardiff(ranks: int, *args, cwd: Path) -> None:
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-
-
-def device() -> str:
-    """Where ``pardiff run`` (``--device auto``) sampled: the GPU if torch sees one, else this CPU."""
-    import torch
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})"
 
 
 def main(argv=None) -> int:
@@ -151,7 +148,7 @@ def main(argv=None) -> int:
 
     meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
             "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": 2, "class_label": CLASS,
-            "reference": f"ddim, {ref_steps} steps, same initial noise", "device": device(), "far": args.far,
+            "reference": f"ddim, {ref_steps} steps, same initial noise", "device": sampling_device(), "far": args.far,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
                                                        "quality": quality}, indent=1))
@@ -190,8 +187,6 @@ def main(argv=None) -> int:
         for f in work.glob("*.npy"):
             shutil.copy(f, out_dir / "samples" / f.name)
         if rows and np.load(work / "ref.npy").shape[1] == 1:        # grayscale: a grid of the first solver
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from quality_study import grid_png
             first = [r for r in rows if r["solver"] == rows[0]["solver"]]
             grid = [np.load(work / "ref.npy")]
             for r in first:

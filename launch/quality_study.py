@@ -43,6 +43,13 @@ def pardiff(ranks: int | None, *args, cwd: Path) -> float:
     return time.time() - t0
 
 
+def sampling_device() -> str:
+    """Where ``pardiff run`` (``--device auto``) put the runs: the GPU if torch sees one, else this CPU."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (pardiff run --device auto; ranks share GPU 0)"
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+
 def settings(steps: list[int], rhos: list[float]) -> list[tuple[str, int, int, list]]:
     """(tag, N, ranks, run arguments) of every sampling run."""
     out = []
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
             grid_png(d / f"quality_lfw32_ddpm{n}.png", rows, min(args.grid_cols, args.batch))
 
     meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "gamma": GAMMA, "steps": args.steps,
-            "rho": args.rho, "device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+            "rho": args.rho, "device": sampling_device(),
             "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "wall_s": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],
             "data_row": f"{args.batch} of the 200 training images (seed 0); its KID and nearest-image distance "

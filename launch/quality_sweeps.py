@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import grid_png, paired, pardiff  # noqa: E402  (the same runner, paired statistics, grids)
+from quality_study import grid_png, paired, pardiff, sampling_device  # noqa: E402  (the same runner, paired
+# statistics, grids, device line)
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
@@ -105,13 +106,6 @@ def decoder_of(model: str):
     from pardiff.models import load_model
     m = load_model(model)
     return m if getattr(m, "vae", None) is not None else None
-
-
-def sampling_device() -> str:
-    """Where ``pardiff run`` (``--device auto``) put the runs: the GPU if torch sees one, else this CPU."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (pardiff run --device auto; ranks share GPU 0)"
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 def main(argv=None) -> int:

@@ -202,7 +202,8 @@ def _fit(model, loss_fn, steps: int, cfg: TrainConfig, device, ema: bool) -> dic
 def _train_vae(cfg: TrainConfig, images, device, gen):
     """The autoencoder: per image, the summed squared reconstruction error + kl_weight × the summed KL
     divergence of the posterior to N(0, I) (the LDM paper's weighting, 1e-6, without its perceptual and
-    adversarial terms: a short run on 32×32 images). Returns the trained AutoencoderKL and its log."""
+    adversarial terms: a short run on 32×32 images). Returns the trained AutoencoderKL, its posterior
+    over ``images`` and its log."""
     import torch
     from diffusers import AutoencoderKL
     with torch.random.fork_rng(devices=[]):
@@ -236,6 +237,7 @@ def train(cfg: TrainConfig) -> dict:
     from diffusers import UNet2DModel
 
     from .data import load_dataset
+    from .io import write_json
 
     cfg.validate()
     device = _device(cfg)
@@ -304,7 +306,6 @@ def train(cfg: TrainConfig) -> dict:
         torch.nn.Module.to(vae, device="cpu", dtype=save_dtype)
         vae.save_pretrained(os.path.join(cfg.out, "vqvae"), safe_serialization=True)
         sched.save_pretrained(os.path.join(cfg.out, "scheduler"))
-        from .io import write_json
         write_json(os.path.join(cfg.out, "model_index.json"), {
             "_class_name": "LDMPipeline", "_diffusers_version": diffusers.__version__,
             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"],
@@ -318,7 +319,6 @@ def train(cfg: TrainConfig) -> dict:
     if vae_log is not None:
         log["vae"] = {"config": vae_config(cfg.size, cfg.vae_channel_list(), cfg.latent_channels), **vae_log}
     if cfg.log:
-        from .io import write_json
         write_json(cfg.log, log)
     return log
 
