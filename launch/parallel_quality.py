@@ -110,6 +110,8 @@ def main(argv=None) -> int:
         report = ["--report", name.replace(".npy", ".json")] if run_args[1] != "sequential" else []
         return tag, seed, pardiff(ranks, *run_args, "--out", name, *report, cwd=samples_dir)
 
+    if args.jobs > 1:       # Open MPI binds rank 0 of every mpiexec to core 0: concurrent jobs would share one core
+        os.environ.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")
     wall = {}
     with ThreadPoolExecutor(args.jobs) as pool:            # threads only wait on their mpiexec
         for tag, seed, w in pool.map(sample, todo):
