@@ -52,6 +52,9 @@ def _add_common_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -
     common.add_argument("--compile", default=d.compile,
                         help="off (default) | on: the network through torch.compile (TorchInductor kernels; "
                              "a GPU and triton; compiled before the run, ~1 min per model; docs/performance.md)")
+    common.add_argument("--tf32", default=d.tf32,
+                        help="float32 on a GPU: default (PyTorch's: TF32 convolutions, float32 matrix products) | "
+                             "off (float32 everywhere, e.g. to compare samples across batch sizes) | on (TF32 both)")
     common.add_argument("--transport", default=d.transport,
                         help="auto (default: nccl when every rank owns a GPU, else mpi) | mpi (CUDA-aware if the MPI "
                              "says so, else pinned host staging) | nccl | gloo (torch.distributed on the MPI ranks)")

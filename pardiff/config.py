@@ -28,6 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 CUDA_GRAPHS = ("auto", "on", "off")
 COMPILE = ("off", "on")
+TF32 = ("default", "off", "on")
 TRANSPORTS = ("auto", "mpi", "nccl", "gloo")
 EXCHANGES = ("roundtrip", "swap")
 OUT_EXTENSIONS = (".npy", ".png")
@@ -53,6 +54,7 @@ class RunConfig:
     dtype: str = "float32"
     cuda_graphs: str = "auto"        # replay the network from CUDA graphs: auto = on for networks on a GPU
     compile: str = "off"             # the network through torch.compile (TorchInductor kernels), on a GPU
+    tf32: str = "default"            # float32 on a GPU: PyTorch's default runs convolutions in TF32 (10-bit mantissa)
     transport: str = "auto"          # how tensors move: auto = nccl when every rank owns a GPU, else mpi
     out: str | None = None
     trace: str | None = None
@@ -102,6 +104,10 @@ class RunConfig:
         _choice("--dtype", self.dtype, DTYPES)
         _choice("--cuda-graphs", self.cuda_graphs, CUDA_GRAPHS)
         _choice("--compile", self.compile, COMPILE)
+        _choice("--tf32", self.tf32, TF32)
+        if self.tf32 != "default" and self.dtype != "float32":
+            raise ConfigError("--tf32", f"sets how a GPU computes float32; --dtype {self.dtype} has no float32 "
+                                        "kernels to change: drop --tf32 or give --dtype float32")
         _choice("--transport", self.transport, TRANSPORTS)
         _choice("--exchange", self.exchange, EXCHANGES)
         if self.steps < 1:

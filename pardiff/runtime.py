@@ -144,6 +144,14 @@ def select_device(cfg: RunConfig, comm: Comm) -> torch.device:
     return device
 
 
+def set_tf32(mode: str) -> None:
+    """--tf32: whether a GPU may round float32 convolutions and matrix products to TF32 (Ampere
+    and newer). ``default`` leaves PyTorch's choice: convolutions in TF32, products in float32, so
+    a float32 network's output depends at the 1e-4 level on which kernel the batch size picks."""
+    if mode != "default":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "on"
+
+
 def _set_threads(comm: Comm, device: torch.device) -> None:
     """Share the node's cores among its ranks, unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
@@ -213,6 +221,7 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
     try:
         device = select_device(cfg, comm)
         _set_threads(comm, device)
+        set_tf32(cfg.tf32)
         model = loader(cfg.model, device=device, dtype=TORCH_DTYPES[cfg.dtype])
         cfg.validate_with_model(model, comm.size)
         coeffs = _load_coeffs(cfg, model)

@@ -78,6 +78,8 @@ BAD = [
     (1, ["sequential", "--gamma", 0.1], "--gamma"),
     (2, ["parasolver", "--exchange", "swap"], "--exchange"),
     (2, ["se2p", "--device", "tpu"], "--device"),
+    (1, ["sequential", "--tf32", "maybe"], "--tf32"),
+    (1, ["sequential", "--tf32", "off", "--dtype", "float16"], "--tf32"),
     (1, ["se2p"], "ranks"),
     (2, ["sequential"], "ranks"),
     (2, ["sequential", "--sampler", "euler"], "--sampler"),

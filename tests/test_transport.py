@@ -12,7 +12,7 @@ from pardiff.algorithms.window import row_counts
 from pardiff.comm.mpi import MPIComm, cuda_aware
 from pardiff.comm.torchdist import TorchDistComm
 from pardiff.config import RunConfig
-from pardiff.runtime import warm_batches
+from pardiff.runtime import set_tf32, warm_batches
 from pardiff.sim.execute import simulate
 from pardiff.sim.network import Link, Network
 from pardiff.sim.profile import Profile
@@ -188,6 +188,20 @@ def test_transport_and_graph_flag_errors(tmp_path, args, flag):
     r = pardiff(2, "run", "se2p", "--device", "cpu", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and f"pardiff: error: {flag}:" in r.stderr, r.stderr
     assert r.stderr.count("pardiff: error:") == 1
+
+
+def test_tf32_switch_sets_both_kinds_of_kernel():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False    # PyTorch's default
+        set_tf32("default")
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, False)
+        set_tf32("off")
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        set_tf32("on")
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_replay_of_a_swapped_exchange_reproduces_it(tmp_path):
