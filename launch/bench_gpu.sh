@@ -13,7 +13,7 @@ out=${1:?usage: launch/bench_gpu.sh OUT [parts...]}
 shift
 parts=${*:-tests model comm tracing parallel}
 here=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$(command -v python3)}     # by absolute path: Open MPI puts its own bin/ first on the ranks' PATH
 export PARDIFF="${PARDIFF:-$PYTHON -m pardiff}"
 gpus=${GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())")}
 [ "$gpus" -ge 1 ] || { echo "bench_gpu.sh: no GPU" >&2; exit 2; }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -135,6 +136,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     launcher = [str(HERE / "mpirun.sh")]
+    # the ranks run this interpreter, by absolute path (Open MPI puts its own bin/ first on their PATH)
+    os.environ.setdefault("PARDIFF", f"{sys.executable} -m pardiff")
     gpus = [int(g) for g in args.gpus.split(",")]
     device = device_info()
     log = open(out / "bench.log", "a")
