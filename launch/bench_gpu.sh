@@ -30,7 +30,7 @@ se2p_tracing() { mpi 2 bench tracing se2p "${church[@]}" --steps 20 --device cud
 sizes=8,1024,65536,786432,8388608
 staged_comm() { mpi 2 bench comm --device cuda --staging "$1" --sizes $sizes --out "$out/comm_mpi_$1.json"; }
 
-if has tests; then   # graphs = eager bit for bit; pinned staging between ranks on one GPU
+if has tests; then   # graphs = eager bit for bit; pinned and shared staging between ranks on one GPU
     $PYTHON -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$out/test_gpu.log" 2>&1 \
         || echo "bench_gpu.sh: tests/test_gpu.py failed (see $out/test_gpu.log); benchmarks go on" >&2
 fi
@@ -47,6 +47,7 @@ if has model; then   # ε evaluation time per batch size, eager and from CUDA gr
 fi
 if has comm; then    # one-way message time per size and path
     staged_comm pinned
+    staged_comm shared
     staged_comm pageable
     # Open MPI's own host-to-host time, no GPU: what staging adds to it is the copies
     mpi 2 bench comm --device cpu --sizes $sizes --out "$out/comm_mpi_host.json"
@@ -76,8 +77,9 @@ fi
 if has two-gpu && [ "$gpus" -ge 2 ]; then
     se2p_vs_baseline
     se2p_tracing
-    # the pinned path changed after the only 2-GPU comm measurement: measure it here too
-    has comm || staged_comm pinned
+    # the pinned path changed after the only 2-GPU comm measurement, and the shared one was built
+    # after it: measure both here too
+    has comm || { staged_comm pinned; staged_comm shared; }
 fi
 if has two-gpu-solvers && [ "$gpus" -ge 2 ]; then
     $PYTHON "$here/bench_parallel.py" --out "$out/parallel" --models arch:ddpm-church-256 \

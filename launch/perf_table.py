@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import statistics
 import sys
 
 
@@ -41,6 +42,32 @@ def comm_table(folder):
             print(f"| {r['nbytes']} | {r['one_way_s'] * 1e6:.1f} | {r['nbytes'] / r['one_way_s'] / 1e9:.2f} | "
                   f"{ref[0]} | {ref[1]} | {ref[2]} |")
         print()
+
+
+def comm_runs_table(folder):
+    """Runs of one path repeated, alternating with another (comm_<name>_<run>.json): per size, the
+    median over runs of each run's one-way median [min-max], and the median ratio to its reference."""
+    runs = {}
+    for path in glob.glob(os.path.join(folder, "comm_*_*.json")):
+        name, run = os.path.basename(path)[len("comm_"):-len(".json")].rsplit("_", 1)
+        if run.isdigit():
+            runs.setdefault(name, []).append(load(path))
+    if not runs:
+        return
+    names = sorted(runs)
+    print("Repeated runs, one way µs: median over runs [min-max], ratio to the reference (median)\n")
+    print("| bytes | " + " | ".join(f"{n} ({len(runs[n])} runs) | {n} ratio" for n in names) + " |\n"
+          "|---:|" + "---:|---:|" * len(names))
+    for nbytes in sorted({r["nbytes"] for ds in runs.values() for d in ds for r in d["rows"]}):
+        cells = []
+        for name in names:
+            rows = [r for d in runs[name] for r in d["rows"] if r["nbytes"] == nbytes]
+            times = [r["one_way_s"] * 1e6 for r in rows]
+            ratios = [r["ratio_to_reference"] for r in rows if "ratio_to_reference" in r]
+            cells.append(f"{statistics.median(times):.1f} [{min(times):.0f}-{max(times):.0f}] | "
+                         + (f"{statistics.median(ratios):.2f}×" if ratios else ""))
+        print(f"| {nbytes} | " + " | ".join(cells) + " |")
+    print()
 
 
 def tracing_table(folder):
@@ -117,7 +144,7 @@ def main() -> int:
     if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
         sys.stderr.write("usage: launch/perf_table.py RESULTS_FOLDER\n")
         return 2
-    for table in (model_table, comm_table, tracing_table, parallel_table, window_table):
+    for table in (model_table, comm_table, comm_runs_table, tracing_table, parallel_table, window_table):
         table(sys.argv[1])
     return 0
 

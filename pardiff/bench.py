@@ -92,7 +92,7 @@ def _reference_one_way(comm, transport: str, dev: torch.device, nbytes: int, rep
 
 
 def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, transport: str = "mpi",
-               staging: str = "pinned") -> int:
+               staging: str = "pinned", lane_mb: int = 16) -> int:
     comm = MPIComm()
     if comm.size < 2:
         sys.stderr.write("pardiff: error: bench comm needs at least 2 ranks (mpiexec -n 2 ...)\n")
@@ -110,6 +110,9 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
         from .comm.torchdist import TorchDistComm
         comm = TorchDistComm(transport, dev if dev.type == "cuda" else None, mpi_comm=comm._c)
     comm.staging = staging
+    if staging == "shared":
+        comm.share_staging(lane_mb << 20)
+        comm.shared.register()
     comm.recorder = _PathRecorder(comm.rank)
     rows = []
     for n in sizes:
@@ -129,7 +132,8 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
             if len({r["nbytes"] for r in rows}) > 1 else None
         device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
         result = {"format": "pardiff-bench-comm", "backend": comm.backend, "mpi": comm.library_version,
-                  "path": ",".join(paths), "transport": transport, "staging": staging, "device": device_name,
+                  "path": ",".join(paths), "transport": transport, "staging": staging,
+                  "staging_lane_mb": lane_mb if staging == "shared" else None, "device": device_name,
                   "ranks": comm.size, "local_size": comm.local_size, "repeats": repeats, "torch": torch.__version__,
                   "date": time.strftime("%Y-%m-%d"), "rows": rows, "fit": link}
         for r in rows:

@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGORITHMS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output
+from .config import ALGORITHMS, STAGINGS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output
 
 # ALGO of run, simulate and bench tracing; fit-iia has its own command, which has its flags
 SAMPLING = tuple(a for a in ALGORITHMS if a != "fit-iia")
@@ -58,6 +58,13 @@ def _add_common_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -
     common.add_argument("--transport", default=d.transport,
                         help="auto (default: nccl when every rank owns a GPU, else mpi) | mpi (CUDA-aware if the MPI "
                              "says so, else pinned host staging) | nccl | gloo (torch.distributed on the MPI ranks)")
+    common.add_argument("--staging", default=d.staging,
+                        help="GPU tensors over an MPI that reads host memory only: pinned (default: through pinned "
+                             "buffers, MPI moving the bytes) | shared (ranks of one node: through host memory both "
+                             "map, MPI carrying a header; docs/performance.md) | pageable")
+    common.add_argument("--staging-lane-mb", type=int, default=d.staging_lane_mb,
+                        help="--staging shared: MiB of shared host memory per pair of ranks of a node, page-locked "
+                             "(default %(default)s; a message that does not fit goes the pinned way)")
     if outputs == "fit":
         common.add_argument("--out", help="write the fitted step sizes to FILE.h5 (for --coeffs)")
         common.add_argument("--trace", help="record every compute and message to FILE.h5")
@@ -186,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     bcomm.add_argument("--out", help="results FILE.json (a link fit for pardiff simulate needs two sizes or more)")
     bcomm.add_argument("--transport", default="mpi", help="mpi (default) | nccl | gloo: the path to measure")
     bcomm.add_argument("--staging", default="pinned",
-                       help="GPU tensors over a host-only MPI: pinned (default, what runs use) | pageable")
+                       help="GPU tensors over a host-only MPI: pinned (default, what runs use) | shared | pageable")
+    bcomm.add_argument("--staging-lane-mb", type=int, default=16,
+                       help="--staging shared: MiB of shared arena per pair of ranks (default %(default)s)")
     btrace = bsub.add_parser("tracing", help="wall time of one run with the trace on and off (run under mpiexec)",
                              description="pardiff bench tracing ALGO [run flags] --repeats N --results FILE.json")
     btrace.add_argument("algorithm", metavar="ALGO", help=" | ".join(SAMPLING))
@@ -432,14 +441,19 @@ def _bench(args) -> int:
             return _flag_error(bad, "cpu | cuda, and repeats >= 1")
         if args.transport not in ("mpi", "nccl", "gloo"):
             return _flag_error("--transport", f"mpi | nccl | gloo, got {args.transport!r}")
-        if args.staging not in ("pinned", "pageable"):
-            return _flag_error("--staging", f"pinned | pageable, got {args.staging!r}")
+        if args.staging not in STAGINGS:
+            return _flag_error("--staging", f"{' | '.join(STAGINGS)}, got {args.staging!r}")
+        if args.staging != "pinned" and (args.device != "cuda" or args.transport != "mpi"):
+            return _flag_error("--staging", "sets how GPU tensors cross MPI: give --device cuda and --transport mpi")
+        if not 1 <= args.staging_lane_mb <= 4096:
+            return _flag_error("--staging-lane-mb", f"1 to 4096, got {args.staging_lane_mb}")
         if args.transport == "nccl" and args.device != "cuda":
             return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
         if args.out:
             check_output("--out", args.out, (".json",))
         from .bench import bench_comm
-        return bench_comm(sizes, args.device, args.repeats, args.out, args.transport, args.staging)
+        return bench_comm(sizes, args.device, args.repeats, args.out, args.transport, args.staging,
+                          args.staging_lane_mb)
     if args.bench_command == "tracing":
         if args.repeats < 1:
             return _flag_error("--repeats", f"must be >= 1, got {args.repeats}")

@@ -31,6 +31,7 @@ COMPILE = ("off", "on")
 TF32 = ("default", "off", "on")
 TRANSPORTS = ("auto", "mpi", "nccl", "gloo")
 EXCHANGES = ("roundtrip", "swap")
+STAGINGS = ("pinned", "shared", "pageable")
 OUT_EXTENSIONS = (".npy", ".png")
 
 
@@ -56,6 +57,8 @@ class RunConfig:
     compile: str = "off"             # the network through torch.compile (TorchInductor kernels), on a GPU
     tf32: str = "default"            # float32 on a GPU: PyTorch's default runs convolutions in TF32 (10-bit mantissa)
     transport: str = "auto"          # how tensors move: auto = nccl when every rank owns a GPU, else mpi
+    staging: str = "pinned"          # GPU tensors over a host-only MPI: pinned buffers | the node's shared arena | pageable
+    staging_lane_mb: int = 16        # --staging shared: MiB of arena per pair of ranks on a node
     out: str | None = None
     trace: str | None = None
     report: str | None = None
@@ -110,6 +113,12 @@ class RunConfig:
                                         "kernels to change: drop --tf32 or give --dtype float32")
         _choice("--transport", self.transport, TRANSPORTS)
         _choice("--exchange", self.exchange, EXCHANGES)
+        _choice("--staging", self.staging, STAGINGS)
+        if not 1 <= self.staging_lane_mb <= 4096:
+            raise ConfigError("--staging-lane-mb", f"MiB of shared arena per pair of ranks, 1 to 4096, "
+                                                   f"got {self.staging_lane_mb}")
+        if self.staging != "shared" and self.staging_lane_mb != RunConfig.staging_lane_mb:
+            raise ConfigError("--staging-lane-mb", "sizes the arena of --staging shared: give --staging shared")
         if self.steps < 1:
             raise ConfigError("--steps", f"must be at least 1, got {self.steps}")
         if self.batch < 1:

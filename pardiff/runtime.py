@@ -243,6 +243,17 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
             error = f"--transport: {transport} could not be set up: {type(e).__name__}: {e}"
         if agree(comm, error):
             return 2
+    if cfg.staging != "pinned":
+        error = None
+        try:
+            comm.staging = cfg.staging
+            if cfg.staging == "shared":
+                comm.share_staging(cfg.staging_lane_mb << 20)
+                comm.shared.register()          # page-locking is slow: before the clock
+        except Exception as e:       # no shared memory for the window, or CUDA refusing to page-lock it
+            error = f"--staging: {cfg.staging} could not be set up: {type(e).__name__}: {e}"
+        if agree(comm, error):
+            return 2
 
     with abort_on_error(comm):
         warm = warm_batches(cfg, comm.rank, comm.size)
@@ -264,13 +275,25 @@ def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
     """--transport: mpi, or a torch.distributed backend on the MPI ranks (comm/torchdist.py).
 
     auto is nccl when the ranks own GPUs, one each (NCCL refuses two ranks on one GPU), and
-    mpi otherwise (CUDA-aware where the MPI says so, else pinned host staging)."""
-    import torch.distributed as dist
+    mpi otherwise (CUDA-aware where the MPI says so, else host staging as --staging says)."""
     want = cfg.transport
     if comm.backend == "virtual":
         if want not in ("auto", "mpi"):
             raise ConfigError("--transport", "the simulator models the transport with --network")
+        if cfg.staging != "pinned":
+            raise ConfigError("--staging", "the simulator models the transport with --network")
         return "mpi"
+    transport = _select_transport(cfg, comm, device)
+    if cfg.staging != "pinned" and (transport != "mpi" or device.type != "cuda"):
+        raise ConfigError("--staging", "sets how GPU tensors cross an MPI that reads host memory only: it needs GPU "
+                                       "ranks (--device cuda) and --transport mpi" +
+                          (f" (auto chose {transport})" if cfg.transport == "auto" else ""))
+    return transport
+
+
+def _select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
+    import torch.distributed as dist
+    want = cfg.transport
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     own_gpu = device.type == "cuda" and getattr(comm, "local_size", 1) <= gpus
     if want == "auto":

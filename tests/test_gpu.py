@@ -1,4 +1,4 @@
-"""GPU paths: CUDA graphs and pinned staging. Skipped without a GPU; run on the GPU machine with
+"""GPU paths: CUDA graphs and host staging (pinned, shared). Skipped without a GPU; run on the GPU machine with
 ``python -m pytest tests/test_gpu.py`` (results of the last run: docs/performance.md)."""
 import numpy as np
 import pytest
@@ -74,20 +74,43 @@ def test_graphs_of_many_batch_sizes_share_their_memory(tmp_path):
     assert peaks[0] <= 2.0 * peaks[1] + 0.5, f"GiB held: sizes 1..16 {peaks[0]:.2f}, size 16 alone {peaks[1]:.2f}"
 
 
-def test_pinned_staging_between_ranks_on_one_gpu(tmp_path):
+@pytest.mark.parametrize("staging,extra", [
+    ("pinned", []),
+    ("shared", ["--staging", "shared"]),
+    ("shared", ["--staging", "shared", "--exchange", "swap"]),      # isend: headers in flight
+])
+def test_host_staging_between_ranks_on_one_gpu(tmp_path, staging, extra):
     """Two MPI ranks on one GPU (no NCCL: it refuses two ranks on one GPU) move latents through
-    pinned host buffers; the sample is the simulator's (same GPU arithmetic, bytes copied)."""
+    pinned host buffers, or through the node's shared arena; the sample is the simulator's (same
+    GPU arithmetic, bytes copied)."""
     args = ["se2p", "--model", "arch:ddpm-church-256", "--dtype", "float16", "--steps", 10, "--device", "cuda"]
     one_gpu = {**TEST_ENV, "CUDA_VISIBLE_DEVICES": "0"}     # on a machine with more, auto would pick NCCL
-    pardiff(2, "run", *args, "--out", "real.npy", "--trace", "real.h5", cwd=tmp_path, env=one_gpu)
-    pardiff(None, "simulate", *args, "--ranks", 2, "--out", "sim.npy", cwd=tmp_path, env=one_gpu)
+    pardiff(2, "run", *args, *extra, "--out", "real.npy", "--trace", "real.h5", cwd=tmp_path, env=one_gpu)
+    pardiff(None, "simulate", *args, "--ranks", 2, *extra[2:], "--out", "sim.npy", cwd=tmp_path, env=one_gpu)
     assert np.array_equal(np.load(tmp_path / "real.npy"), np.load(tmp_path / "sim.npy"))
     from pardiff.trace.reader import load_trace
     trace = load_trace(tmp_path / "real.h5")
     latents = [e for r in trace.ranks for e in trace.events[r]
                if e["kind"] in ("send", "recv") and e["label"] in ("x_pred", "latent")]
-    assert latents and {str(e["path"]) for e in latents} == {"pinned"}
+    assert latents and {str(e["path"]) for e in latents} == {staging}
     assert trace.attrs["backend"] == "mpi"
+
+
+def test_shared_staging_gives_parasolver_the_pinned_sample(tmp_path):
+    """ParaSolver's messages (points and drifts of every window size) through a 1 MiB shared lane,
+    some too large for it (they go the pinned way after their header): the pinned path's sample."""
+    args = ["parasolver", "--model", "lfw-32", "--sampler", "ddim", "--steps", 20, "--batch", 16,
+            "--window", 4, "--device", "cuda", "--transport", "mpi"]
+    one_gpu = {**TEST_ENV, "CUDA_VISIBLE_DEVICES": "0"}
+    pardiff(2, "run", *args, "--out", "pinned.npy", cwd=tmp_path, env=one_gpu)
+    pardiff(2, "run", *args, "--staging", "shared", "--staging-lane-mb", 1, "--out", "shared.npy",
+            "--trace", "shared.h5", cwd=tmp_path, env=one_gpu)
+    assert np.array_equal(np.load(tmp_path / "pinned.npy"), np.load(tmp_path / "shared.npy"))
+    from pardiff.trace.reader import load_trace
+    trace = load_trace(tmp_path / "shared.h5")
+    paths = {str(e["path"]) for r in trace.ranks for e in trace.events[r]
+             if e["kind"] in ("send", "recv") and e["nbytes"] > 4096}
+    assert "shared" in paths, paths
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL refuses two ranks on one)")

@@ -17,6 +17,7 @@ from pardiff.sim.execute import simulate
 from pardiff.sim.network import Link, Network
 from pardiff.sim.profile import Profile
 from pardiff.trace.reader import load_trace
+from pardiff.trace.recorder import Recorder
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
 
@@ -183,11 +184,146 @@ def test_row_counts_by_hand():
     (["--compile", "on"], "--compile"),
     (["--compile", "max"], "--compile"),
     (["--exchange", "both"], "--exchange"),
+    (["--staging", "shared"], "--staging"),             # CPU ranks: no GPU tensors to stage
+    (["--staging", "carrier-pigeon"], "--staging"),
+    (["--staging-lane-mb", "32"], "--staging-lane-mb"),  # without --staging shared
+    (["--staging", "shared", "--staging-lane-mb", "0"], "--staging-lane-mb"),
 ])
 def test_transport_and_graph_flag_errors(tmp_path, args, flag):
     r = pardiff(2, "run", "se2p", "--device", "cpu", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and f"pardiff: error: {flag}:" in r.stderr, r.stderr
     assert r.stderr.count("pardiff: error:") == 1
+
+
+def test_simulator_refuses_staging(tmp_path):
+    r = pardiff(None, "simulate", "se2p", "--ranks", "2", "--staging", "shared", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "pardiff: error: --staging:" in r.stderr, r.stderr
+
+
+class ListRecorder(Recorder):
+    """Keeps every message's (kind, bytes, path)."""
+
+    def __init__(self, rank):
+        super().__init__(rank)
+        self.messages = []
+
+    def record(self, kind, label, line, t_start, t_end, **fields):
+        if kind in ("send", "recv"):
+            self.messages.append((kind, fields["nbytes"], fields["path"]))
+        super().record(kind, label, line, t_start, t_end, **fields)
+
+
+def shared_comm(lane_bytes: int) -> MPIComm:
+    """An MPIComm with the node's shared arena that stages CPU tensors through it too, as it
+    stages GPU tensors on a GPU node (tests/test_gpu.py runs it on GPUs): the lanes, headers,
+    wrap-around, fallback and reclaiming are the same code."""
+    comm = MPIComm(recorder=ListRecorder(MPI.COMM_WORLD.rank))
+    comm.share_staging(lane_bytes)
+    comm._shared_with = lambda tensor, peer: comm.shared.local(peer)
+    return comm
+
+
+@pytest.mark.parallel([2, 3])
+def test_shared_staging_ping_pong_reuses_its_lane():
+    """Messages that wrap around a lane many times all go through it (none fall back to MPI):
+    the receiver frees what it has read, the sender sees it."""
+    lane = 64 * 1024
+    comm = shared_comm(lane)
+    try:
+        peer = 1 - comm.rank if comm.rank < 2 else None
+        for i in range(200):
+            if peer is None:
+                break
+            mine = torch.full((5000 + 7 * i,), float(1000 * comm.rank + i))    # 20-26 KB: wraps every 2-3 messages
+            if comm.rank == 0:
+                comm.send(mine, peer, label="latent", line="TEST:1")
+                got = comm.recv(torch.empty_like(mine), peer, label="latent", line="TEST:2")
+            else:
+                got = comm.recv(torch.empty_like(mine), peer, label="latent", line="TEST:1")
+                comm.send(mine, peer, label="latent", line="TEST:2")
+            assert torch.equal(got, torch.full_like(mine, float(1000 * peer + i))), i
+        if peer is not None:
+            assert [path for _, _, path in comm.recorder.messages] == ["shared"] * 400
+    finally:
+        comm.close()
+
+
+@pytest.mark.parallel(2)
+def test_shared_staging_wraps_around_unread_messages():
+    """Positions in a lane, message by message: A and B sent before the receiver reads either;
+    once A is read, C (too large for the lane's tail) goes to the lane's start, beside unread B;
+    D finds no room beside B and C (MPI carries it); once everything is read, E starts the lane over."""
+    lane, n = 64 * 1024, 6000                  # 24 000-byte messages
+    comm = shared_comm(lane)
+    try:
+        msg = {k: torch.full((n,), float(i)) for i, k in enumerate("ABCDE")}
+
+        def send(k):
+            pending = comm.isend(msg[k], 1, label="latent", line="TEST:5")
+            return pending, int(comm.shared._head.get(1, 0))
+
+        def recv(k):
+            assert torch.equal(comm.recv(torch.empty(n), 0, label="latent", line="TEST:5"), msg[k]), k
+
+        heads = []
+        if comm.rank == 0:
+            pending = [send("A"), send("B")]
+            comm.barrier()                     # the receiver reads A between these two
+            comm.barrier()
+            pending += [send("C"), send("D")]
+            comm.barrier()                     # and B, C, D between these two
+            comm.barrier()
+            pending.append(send("E"))
+            for p, head in pending:
+                p.wait()
+                heads.append(head)
+            assert heads == [24000, 48000, lane + 24000, lane + 24000, 2 * lane + 24000], heads
+            assert [path for _, _, path in comm.recorder.messages] == ["shared"] * 3 + ["host", "shared"]
+        else:
+            comm.barrier()
+            recv("A")
+            comm.barrier()
+            comm.barrier()
+            for k in "BCD":
+                recv(k)
+            comm.barrier()
+            recv("E")
+            assert [path for _, _, path in comm.recorder.messages] == ["shared"] * 3 + ["host", "shared"]
+    finally:
+        comm.close()
+
+
+@pytest.mark.parallel([2, 3])
+def test_shared_staging_out_of_order_tags_overflow_and_isend():
+    """Every rank sends to every other at once with isend (each would deadlock if a send waited for
+    its receive); receivers take two tags in the opposite order to their sending; messages larger
+    than the lane, or than what the receiver has not freed, go through MPI after their header."""
+    lane = 64 * 1024
+    comm = shared_comm(lane)
+    try:
+        peers = [r for r in range(comm.size) if r != comm.rank]
+        # floats per (latent, x_pred): 20000 and 17000 are larger than the lane; 9000 + 10000 are not,
+        # but the second finds no room: its receiver takes it before the first and frees nothing
+        rounds = [(100, 12000), (9000, 10000), (20000, 1), (1, 20000), (17000, 6000), (12000, 100)]
+        for r, sizes in enumerate(rounds):
+            pending = []
+            for peer in peers:
+                for label, n in zip(("latent", "x_pred"), sizes):
+                    x = torch.arange(n, dtype=torch.float32) + 1e5 * comm.rank + 1e3 * r + (label == "x_pred")
+                    pending.append(comm.isend(x, peer, label=label, line="TEST:3"))
+            for peer in peers:
+                for label, n in reversed(list(zip(("latent", "x_pred"), sizes))):
+                    got = comm.recv(torch.empty(n), peer, label=label, line="TEST:4")
+                    want = torch.arange(n, dtype=torch.float32) + 1e5 * peer + 1e3 * r + (label == "x_pred")
+                    assert torch.equal(got, want), (r, peer, label)
+            for p in pending:
+                p.wait()
+            comm.barrier()
+        sent = [(n, path) for kind, n, path in comm.recorder.messages if kind == "send"]
+        assert {path for n, path in sent if n > lane} == {"host"}     # too large for the lane: MPI carries it
+        assert {path for n, path in sent if n <= lane} == {"shared", "host"}   # and some found no room
+    finally:
+        comm.close()
 
 
 def test_tf32_switch_sets_both_kinds_of_kernel():

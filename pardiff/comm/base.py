@@ -8,7 +8,8 @@ the raw transport (the ``_``-prefixed methods).
 Tensors travel as raw bytes: a contiguous CPU tensor is handed to the transport
 zero-copy through a numpy ``uint8`` view (bf16 included, which numpy cannot
 represent); a GPU tensor goes to a CUDA-aware MPI as is, or through a pinned host
-buffer (comm/staging.py); the torch.distributed backend (comm/torchdist.py) moves
+buffer (comm/staging.py), or to a rank of the same node through host memory both map
+(comm/shared.py, ``--staging shared``); the torch.distributed backend (comm/torchdist.py) moves
 GPU tensors over NCCL. The event's ``path`` field says which.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..trace.recorder import Recorder
+from .shared import HEADER_WORDS, INLINE
 from .staging import PinnedPool, from_pinned, to_pinned
 
 # One MPI tag per kind of payload, so messages of different kinds never match each other.
@@ -80,7 +82,8 @@ class PendingSend:
 class Comm:
     backend = "base"
     cuda_aware = False      # the transport reads and writes GPU memory itself
-    staging = "pinned"      # how GPU tensors cross a host-only transport: pinned | pageable
+    staging = "pinned"      # how GPU tensors cross a host-only transport: pinned | shared | pageable
+    shared = None           # the node's shared arena (comm/shared.py) when staging is shared
 
     def __init__(self, rank: int, size: int, recorder: Recorder | None = None):
         self.rank = rank
@@ -172,6 +175,7 @@ class Comm:
     # --- how a tensor moves (the ``path`` of its trace event) ---------------------------
     # host:       a CPU tensor, handed to the transport zero-copy
     # pinned:     a GPU tensor through a pinned host buffer (asynchronous copy on receipt)
+    # shared:     a GPU tensor through the node's shared arena, MPI carrying a header (--staging shared)
     # staged:     a GPU tensor through a pageable host copy (--staging pageable; older traces)
     # cuda-aware: a GPU pointer handed to an MPI that reads GPU memory
     # nccl, gloo: torch.distributed on the same ranks (comm/torchdist.py)
@@ -179,8 +183,14 @@ class Comm:
         """Send (``blocking``: done on return) or start sending ``tensor``; returns (path, bytes,
         finish), where ``finish()`` returns when a started send has completed and its buffer may
         be reused."""
-        release = None
-        if tensor.device.type == "cpu":
+        release, nbytes = None, tensor.numel() * tensor.element_size()
+        header = self.shared.put(tensor.contiguous(), dest) if self._shared_with(tensor, dest) else None
+        if header is not None and int(header[1]) == INLINE:     # no room in the shared lane: the bytes follow
+            self._send_bytes(header.view(np.uint8), dest, tag)
+            header = None
+        if header is not None:
+            buf, path = header.view(np.uint8), "shared"     # the bytes are in the arena: MPI says where
+        elif tensor.device.type == "cpu":
             buf, path = byte_view(tensor.contiguous()), "host"
         elif self.cuda_aware:
             torch.cuda.current_stream(tensor.device).synchronize()      # MPI does not see CUDA streams
@@ -204,30 +214,45 @@ class Comm:
                 release()
         if blocking:
             finish()
-        return path, buf.nbytes, finish
+        return path, nbytes, finish
+
+    def _shared_with(self, tensor: torch.Tensor, peer: int) -> bool:
+        """Whether ``tensor`` goes to or comes from rank ``peer`` through the shared arena."""
+        return (self.shared is not None and tensor.device.type == "cuda" and not self.cuda_aware
+                and self.shared.local(peer))
+
+    def _recv_buffer(self, out: torch.Tensor, shared: bool):
+        """(path, buffer the transport writes, what the path keeps: a host tensor, a pinned
+        buffer or a shared-staging header) for receiving into ``out``."""
+        if shared:
+            header = np.empty(HEADER_WORDS, dtype=np.uint64)
+            return "shared", header.view(np.uint8), header
+        if out.device.type == "cpu":
+            return "host", byte_view(out), None
+        if self.cuda_aware:
+            torch.cuda.current_stream(out.device).synchronize()         # no kernel still using out
+            return "cuda-aware", device_bytes(out), None
+        if self.staging == "pageable":
+            staged = torch.empty(out.shape, dtype=out.dtype)
+            return "staged", byte_view(staged), staged
+        pinned = self.pinned.acquire(out.numel() * out.element_size())
+        return "pinned", pinned.array, pinned
 
     def _recv_into(self, out: torch.Tensor, source: int, tag: int):
         """Receive into ``out``; returns (path, bytes, time the message was there to take)."""
-        staged = None
-        if out.device.type == "cpu":
-            buf, path = byte_view(out), "host"
-        elif self.cuda_aware:
-            torch.cuda.current_stream(out.device).synchronize()         # no kernel still using out
-            buf, path = device_bytes(out), "cuda-aware"
-        elif self.staging == "pageable":
-            staged = torch.empty(out.shape, dtype=out.dtype)
-            buf, path = byte_view(staged), "staged"
-        else:
-            staged = self.pinned.acquire(out.numel() * out.element_size())
-            buf, path = staged.array, "pinned"
+        shared = self._shared_with(out, source)
+        path, buf, kept = self._recv_buffer(out, shared)
         self._probe(source, tag)
         t_ready = self.recorder.now()
         self._recv_bytes(buf, source, tag)
+        if shared and not self.shared.take(kept, source, out):     # no room in the lane: the bytes follow
+            path, buf, kept = self._recv_buffer(out, shared=False)
+            self._recv_bytes(buf, source, tag)
         if path == "staged":
-            out.copy_(staged)
+            out.copy_(kept)
         elif path == "pinned":
-            from_pinned(self.pinned, staged, out)
-        return path, buf.nbytes, t_ready
+            from_pinned(self.pinned, kept, out)
+        return path, out.numel() * out.element_size(), t_ready
 
     def allreduce(self, tensor: torch.Tensor, op: str = "sum", *, label: str, line: str, step: int = -1,
                   iter: int = -1) -> torch.Tensor:

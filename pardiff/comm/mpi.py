@@ -68,6 +68,18 @@ class MPIComm(Comm):
         local.Free()
         self.cuda_aware = cuda_aware(MPI)
 
+    def share_staging(self, lane_bytes: int) -> None:
+        """--staging shared: map the node's shared arena (comm/shared.py; collective on the node's
+        ranks); GPU tensors to and from ranks of this node then cross through it."""
+        from .shared import SharedStaging
+        self.shared = SharedStaging(self._c, lane_bytes)
+        self.staging = "shared"
+
+    def close(self) -> None:
+        if self.shared is not None:         # collective, like the arena's creation
+            self.shared.close()
+            self.shared = None
+
     def _send_bytes(self, buf, dest, tag):
         self._c.Send([buf, self._MPI.BYTE], dest=dest, tag=tag)
 

@@ -103,5 +103,6 @@ class TorchDistComm(MPIComm):
         return self.backend, out.numel() * out.element_size(), t_ready
 
     def close(self) -> None:
+        super().close()
         if self._dist.is_initialized():
             self._dist.destroy_process_group()
