@@ -111,8 +111,15 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
         comm = TorchDistComm(transport, dev if dev.type == "cuda" else None, mpi_comm=comm._c)
     comm.staging = staging
     if staging == "shared":
+        from .runtime import agree
+        error = None
         comm.share_staging(lane_mb << 20)
-        comm.shared.register()
+        try:
+            comm.shared.register()
+        except RuntimeError as e:        # CUDA refusing to page-lock the window
+            error = str(e)
+        if agree(comm, error):
+            return 2
     comm.recorder = _PathRecorder(comm.rank)
     rows = []
     for n in sizes:

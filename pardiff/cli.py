@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     bcomm.add_argument("--transport", default="mpi", help="mpi (default) | nccl | gloo: the path to measure")
     bcomm.add_argument("--staging", default="pinned",
                        help="GPU tensors over a host-only MPI: pinned (default, what runs use) | shared | pageable")
-    bcomm.add_argument("--staging-lane-mb", type=int, default=16,
+    bcomm.add_argument("--staging-lane-mb", type=int, default=RunConfig.staging_lane_mb,
                        help="--staging shared: MiB of shared arena per pair of ranks (default %(default)s)")
     btrace = bsub.add_parser("tracing", help="wall time of one run with the trace on and off (run under mpiexec)",
                              description="pardiff bench tracing ALGO [run flags] --repeats N --results FILE.json")
@@ -447,6 +447,8 @@ def _bench(args) -> int:
             return _flag_error("--staging", "sets how GPU tensors cross MPI: give --device cuda and --transport mpi")
         if not 1 <= args.staging_lane_mb <= 4096:
             return _flag_error("--staging-lane-mb", f"1 to 4096, got {args.staging_lane_mb}")
+        if args.staging != "shared" and args.staging_lane_mb != RunConfig.staging_lane_mb:
+            return _flag_error("--staging-lane-mb", "sizes the arena of --staging shared: give --staging shared")
         if args.transport == "nccl" and args.device != "cuda":
             return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
         if args.out:

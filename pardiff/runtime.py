@@ -287,7 +287,7 @@ def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:
     if cfg.staging != "pinned" and (transport != "mpi" or device.type != "cuda"):
         raise ConfigError("--staging", "sets how GPU tensors cross an MPI that reads host memory only: it needs GPU "
                                        "ranks (--device cuda) and --transport mpi" +
-                          (f" (auto chose {transport})" if cfg.transport == "auto" else ""))
+                          (f" (auto chose {transport})" if cfg.transport == "auto" and transport != "mpi" else ""))
     return transport
 
 

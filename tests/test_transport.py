@@ -277,7 +277,8 @@ def test_shared_staging_wraps_around_unread_messages():
             for p, head in pending:
                 p.wait()
                 heads.append(head)
-            assert heads == [24000, 48000, lane + 24000, lane + 24000, 2 * lane + 24000], heads
+            a = 24064                          # 24 000 bytes, positions in steps of 256
+            assert heads == [a, 2 * a, lane + a, lane + a, 2 * lane + a], heads
             assert [path for _, _, path in comm.recorder.messages] == ["shared"] * 3 + ["host", "shared"]
         else:
             comm.barrier()
@@ -322,6 +323,37 @@ def test_shared_staging_out_of_order_tags_overflow_and_isend():
         sent = [(n, path) for kind, n, path in comm.recorder.messages if kind == "send"]
         assert {path for n, path in sent if n > lane} == {"host"}     # too large for the lane: MPI carries it
         assert {path for n, path in sent if n <= lane} == {"shared", "host"}   # and some found no room
+    finally:
+        comm.close()
+
+
+@pytest.mark.parallel(2)
+def test_shared_staging_burst_after_a_start_over_mixed_dtypes_and_empty():
+    """After the lane starts over, its skipped tail is free at once: a burst of 14 messages the
+    receiver has not read yet fits (57 KB of a 64 KB lane). float16 messages of odd length and
+    float64 ones alternate (positions stay aligned for both); an empty message takes no space."""
+    lane = 64 * 1024
+    comm = shared_comm(lane)
+    try:
+        first = torch.arange(6, dtype=torch.float16)
+        burst = [torch.arange(1999, dtype=torch.float16) + k if k % 2 == 0 else
+                 torch.arange(500, dtype=torch.float64) * k for k in range(14)]
+        empty = torch.empty(0, dtype=torch.float32)
+        if comm.rank == 0:
+            comm.send(first, 1, label="latent", line="TEST:6")
+            comm.barrier()                      # the receiver has read it: the next message starts over
+            pending = [comm.isend(x, 1, label="latent", line="TEST:6") for x in [*burst, empty]]
+            comm.barrier()
+            for p in pending:
+                p.wait()
+            assert [path for _, _, path in comm.recorder.messages] == ["shared"] * 15 + ["host"]
+            assert comm.shared._restart[1] == lane
+        else:
+            assert torch.equal(comm.recv(torch.empty_like(first), 0, label="latent", line="TEST:6"), first)
+            comm.barrier()
+            comm.barrier()                      # the whole burst was sent before any of it is read
+            for x in [*burst, empty]:
+                assert torch.equal(comm.recv(torch.empty_like(x), 0, label="latent", line="TEST:6"), x)
     finally:
         comm.close()
 

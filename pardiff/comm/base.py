@@ -217,9 +217,9 @@ class Comm:
         return path, nbytes, finish
 
     def _shared_with(self, tensor: torch.Tensor, peer: int) -> bool:
-        """Whether ``tensor`` goes to or comes from rank ``peer`` through the shared arena."""
-        return (self.shared is not None and tensor.device.type == "cuda" and not self.cuda_aware
-                and self.shared.local(peer))
+        """Whether ``tensor`` goes to or comes from rank ``peer`` through the shared arena (asked
+        for with --staging shared, it is taken over a CUDA-aware MPI too)."""
+        return self.shared is not None and tensor.device.type == "cuda" and self.shared.local(peer)
 
     def _recv_buffer(self, out: torch.Tensor, shared: bool):
         """(path, buffer the transport writes, what the path keeps: a host tensor, a pinned

@@ -15,22 +15,26 @@ Rank r's segment:
     [ 64 bytes per node rank s: how far r has consumed s's lane to r (written by r, read by s) ]
     [ one lane of ``lane_bytes`` per other node rank d: r's messages to d, a ring ]
 
-Positions in a lane grow without end (offset = position % lane_bytes). A sender puts a message
-past what it last wrote, skipping the lane's tail when the message would wrap, or going back to
-the lane's start when the receiver has read everything (so that messages exchanged in turn sit
-at the same place, where their tensor views are kept: made per message, they cost ~20 µs a
-message on an H100's host); it never waits for room: a message that is larger than the lane, or does not fit beside what the receiver has not
-consumed yet, goes through the pinned MPI path instead (its header says so), so a full lane
-slows a message and never blocks a rank. A receiver marks a message consumed when its GPU's copy
+Positions in a lane grow without end (offset = position % lane_bytes) in steps of 256 bytes, so
+every message starts aligned for any dtype. A sender puts a message past what it last wrote,
+skipping the lane's tail when the message would wrap, or going back to the lane's start when
+the receiver has read everything (so that messages exchanged in turn sit at one place, where
+their tensor views are kept: made per message, they cost ~20 µs a message on an H100's host);
+it never waits for room: a message that is larger than the lane, or does not fit beside what
+the receiver has not consumed yet, goes through the pinned MPI path instead (its header says
+so), so a full lane slows a message and never blocks a rank. The lane's tail skipped when
+starting over counts as free at once (everything before it was read). A receiver marks a message consumed when its GPU's copy
 out of the arena has run (a CUDA event, queried at later calls, never waited for); a receiver
 that takes messages out of order (different tags) frees lane space only up to the first one
 still unread.
 
 CPU tensors work too (copied synchronously, consumed at once): the tests drive the lanes on CPU
-ranks; Comm routes only GPU tensors here, as a CPU tensor goes to MPI zero-copy.
+ranks; Comm routes only GPU tensors here, as a CPU tensor goes to MPI zero-copy. Empty tensors
+never take lane space (their header says INLINE: zero bytes follow).
 """
 from __future__ import annotations
 
+import mmap
 from collections import deque
 
 import numpy as np
@@ -39,6 +43,11 @@ import torch
 INLINE = 2**64 - 1          # a header's data position when the bytes follow as an MPI message
 HEADER_WORDS = 3            # [claim start, data position, bytes] as uint64
 _LINE = 64                  # one cache line per counter: writers of neighbouring counters do not contend
+_ALIGN = 256                # message positions: aligned for every dtype (and as CUDA copies like them)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
 
 
 class SharedStaging:
@@ -46,15 +55,20 @@ class SharedStaging:
 
     def __init__(self, mpi_comm, lane_bytes: int):
         from mpi4py import MPI
-        if lane_bytes < 4096:
-            raise ValueError(f"lane_bytes must be at least 4096, got {lane_bytes}")
+        if lane_bytes < 4096 or lane_bytes % _ALIGN:
+            raise ValueError(f"lane_bytes must be a multiple of {_ALIGN}, at least 4096, got {lane_bytes}")
         self.lane_bytes = lane_bytes
         local = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         self._local_of = {w: i for i, w in enumerate(local.allgather(mpi_comm.Get_rank()))}
         n = self.local_size
-        self._ctrl_bytes = _LINE * n
-        self._win = MPI.Win.Allocate_shared(self._ctrl_bytes + lane_bytes * (n - 1), 1, comm=local)
+        self._ctrl_bytes = _aligned(_LINE * n)
+        page = mmap.PAGESIZE        # whole pages per segment: page-locked ranges of two segments do not share one
+        nbytes = -(-(self._ctrl_bytes + lane_bytes * (n - 1)) // page) * page
+        info = MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")      # each segment on its own pages, where the MPI honours it
+        self._win = MPI.Win.Allocate_shared(nbytes, 1, info=info, comm=local)
+        info.Free()
         self._local = local
         self._segments, self._counters = [], []
         for r in range(n):
@@ -65,16 +79,18 @@ class SharedStaging:
         local.Barrier()
         self._registered = []          # data pointers page-locked in this process
         self._head = {}                # dest local rank -> next free position of my lane to it
+        self._restart = {}             # dest -> where I last started its lane over (before it: all read)
         self._consumed = {}            # source local rank -> what I have consumed of its lane to me
-        self._done = {}                # source -> {claim start: end} consumed out of order
+        self._done = {}                # source -> {claim start: end} read, behind one still unread (claims never
+                                       # share a start: every claim holds at least one byte)
         self._pending = {}             # source -> deque of (claim start, end, event) copies in flight
         self._events = []              # CUDA events to reuse
         self._views = {}
 
     # --- set up ---------------------------------------------------------------------------
-    def local(self, world_rank: int) -> bool:
-        """Whether ``world_rank`` shares this node (and so the arena)."""
-        return world_rank in self._local_of and self._local_of[world_rank] != self.local_rank
+    def local(self, rank: int) -> bool:
+        """Whether ``rank`` (of the communicator the arena was made on) is another rank of this node."""
+        return rank in self._local_of and self._local_of[rank] != self.local_rank
 
     def register(self) -> None:
         """Page-lock every segment in this process, so the GPU reaches it by DMA (once; slow: it
@@ -82,8 +98,7 @@ class SharedStaging:
         if self._registered:
             return
         cudart = torch.cuda.cudart()
-        for seg in self._segments:
-            ptr, nbytes = seg.data_ptr(), seg.numel()
+        for ptr, nbytes in _runs([(seg.data_ptr(), seg.numel()) for seg in self._segments]):
             err = int(cudart.cudaHostRegister(ptr, nbytes, 1))      # 1: cudaHostRegisterPortable
             if err != 0:
                 raise RuntimeError(f"--staging shared: cudaHostRegister of the node's shared arena failed "
@@ -91,6 +106,12 @@ class SharedStaging:
             self._registered.append(ptr)
 
     def close(self) -> None:
+        """Free the arena (collective on the node's ranks), once the copies out of it have run."""
+        for pending in self._pending.values():
+            for _, _, event in pending:
+                if event is not None:
+                    event.synchronize()
+        self._pending.clear()
         if self._registered:
             cudart = torch.cuda.cudart()
             for ptr in self._registered:
@@ -128,17 +149,19 @@ class SharedStaging:
         nbytes = tensor.numel() * tensor.element_size()
         start = self._head.get(d, 0)
         offset = start % self.lane_bytes
-        unread = start - int(self._counters[d][me * _LINE // 8])    # bytes of the lane the receiver has not freed
-        # to the lane's start: when it is empty (messages then sit where their views are kept), or to wrap
-        data = start + self.lane_bytes - offset if offset and (not unread or offset + nbytes > self.lane_bytes) \
-            else start
-        if nbytes > self.lane_bytes or (unread and data + nbytes - (start - unread) > self.lane_bytes):
+        # all before `read` is free: what the receiver has freed, and the lane's tail skipped by a start-over
+        read = max(int(self._counters[d][me * _LINE // 8]), self._restart.get(d, 0))
+        restart = offset and start == read          # everything read: start the lane over (its views are kept)
+        data = start + self.lane_bytes - offset if restart or offset + nbytes > self.lane_bytes else start
+        if not 0 < nbytes <= self.lane_bytes or (start > read and data + nbytes - read > self.lane_bytes):
             return np.array([start, INLINE, nbytes], dtype=np.uint64)
         self._view(me, self._lane(me, d) + data % self.lane_bytes, tensor).copy_(tensor, non_blocking=True)
         if tensor.is_cuda:
             torch.cuda.current_stream(tensor.device).synchronize()   # the bytes are there before the header
             self.reclaim()      # and so are this rank's copies out of the arena queued before them
-        self._head[d] = data + nbytes
+        if restart:
+            self._restart[d] = data
+        self._head[d] = data + _aligned(nbytes)
         return np.array([start, data, nbytes], dtype=np.uint64)
 
     def take(self, header: np.ndarray, source: int, out: torch.Tensor) -> bool:
@@ -157,7 +180,7 @@ class SharedStaging:
         if out.is_cuda:
             event = self._events.pop() if self._events else torch.cuda.Event()
             event.record(torch.cuda.current_stream(out.device))
-        self._pending.setdefault(s, deque()).append((start, data + nbytes, event))
+        self._pending.setdefault(s, deque()).append((start, data + _aligned(nbytes), event))
         self.reclaim()
         return True
 
@@ -176,3 +199,14 @@ class SharedStaging:
             if consumed != self._consumed.get(s, 0):
                 self._consumed[s] = consumed
                 self._counters[self.local_rank][s * _LINE // 8] = consumed
+
+
+def _runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(pointer, bytes) ranges merged where one ends where the next begins: one registration each."""
+    runs = []
+    for ptr, nbytes in sorted(ranges):
+        if runs and runs[-1][0] + runs[-1][1] == ptr:
+            runs[-1] = (runs[-1][0], runs[-1][1] + nbytes)
+        else:
+            runs.append((ptr, nbytes))
+    return runs
