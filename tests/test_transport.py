@@ -358,6 +358,21 @@ def test_shared_staging_burst_after_a_start_over_mixed_dtypes_and_empty():
         comm.close()
 
 
+@pytest.mark.parallel(2)
+def test_shared_staging_refuses_an_arena_larger_than_dev_shm():
+    """Every rank refuses together, before any memory is mapped (past /dev/shm's room the first
+    write would be a SIGBUS)."""
+    import os
+    from pardiff.comm.shared import SharedStaging
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    stat = os.statvfs("/dev/shm")
+    lane = -(-(stat.f_bavail * stat.f_frsize) // (2 * 4096)) * 4096 + 4096     # two lanes: more than is free
+    with pytest.raises(RuntimeError, match="--staging shared: the node's arena needs .* lower --staging-lane-mb"):
+        SharedStaging(MPI.COMM_WORLD, lane)
+    MPI.COMM_WORLD.Barrier()
+
+
 def test_tf32_switch_sets_both_kinds_of_kernel():
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:

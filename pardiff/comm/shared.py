@@ -35,6 +35,7 @@ never take lane space (their header says INLINE: zero bytes follow).
 from __future__ import annotations
 
 import mmap
+import os
 from collections import deque
 
 import numpy as np
@@ -65,6 +66,7 @@ class SharedStaging:
         self._ctrl_bytes = _aligned(_LINE * n)
         page = mmap.PAGESIZE        # whole pages per segment: page-locked ranges of two segments do not share one
         nbytes = -(-(self._ctrl_bytes + lane_bytes * (n - 1)) // page) * page
+        _check_room(local, nbytes * n)
         info = MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")      # each segment on its own pages, where the MPI honours it
         self._win = MPI.Win.Allocate_shared(nbytes, 1, info=info, comm=local)
@@ -210,3 +212,20 @@ def _runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             runs.append((ptr, nbytes))
     return runs
+
+
+def _check_room(local, nbytes: int, folder: str = "/dev/shm") -> None:
+    """Refuse an arena larger than the room left in ``folder``, where MPIs back shared windows on
+    Linux (a container's is often 64 MB): past it, the first write to the window is a SIGBUS, not
+    an error. Decided on the node's first rank and told to the others, so all refuse together."""
+    free = None
+    if local.Get_rank() == 0:
+        try:
+            stat = os.statvfs(folder)
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:                 # no such folder: the MPI backs its windows elsewhere
+            pass
+    free = local.bcast(free, root=0)
+    if free is not None and nbytes > free:
+        raise RuntimeError(f"--staging shared: the node's arena needs {nbytes >> 20} MiB of shared memory, "
+                           f"{folder} has {free >> 20} MiB free: lower --staging-lane-mb (docs/hpc.md)")
