@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .comm.mpi import MPIComm
+from .config import RunConfig
 from .io import write_json
 from .trace.recorder import Recorder
 
@@ -92,7 +93,7 @@ def _reference_one_way(comm, transport: str, dev: torch.device, nbytes: int, rep
 
 
 def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, transport: str = "mpi",
-               staging: str = "pinned", lane_mb: int = 16) -> int:
+               staging: str = "pinned", lane_mb: int = RunConfig.staging_lane_mb) -> int:
     comm = MPIComm()
     if comm.size < 2:
         sys.stderr.write("pardiff: error: bench comm needs at least 2 ranks (mpiexec -n 2 ...)\n")
@@ -109,17 +110,9 @@ def bench_comm(sizes: list[int], device: str, repeats: int, out: str | None, tra
     if transport != "mpi":
         from .comm.torchdist import TorchDistComm
         comm = TorchDistComm(transport, dev if dev.type == "cuda" else None, mpi_comm=comm._c)
-    comm.staging = staging
-    if staging == "shared":
-        from .runtime import agree
-        error = None
-        comm.share_staging(lane_mb << 20)
-        try:
-            comm.shared.register()
-        except RuntimeError as e:        # CUDA refusing to page-lock the window
-            error = str(e)
-        if agree(comm, error):
-            return 2
+    from .runtime import agree, set_staging
+    if agree(comm, set_staging(comm, staging, lane_mb)):
+        return 2
     comm.recorder = _PathRecorder(comm.rank)
     rows = []
     for n in sizes:

@@ -6,7 +6,8 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGORITHMS, STAGINGS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output
+from .config import (ALGORITHMS, ConfigError, RunConfig, check_distinct, check_flags_apply, check_output,
+                     check_staging)
 
 # ALGO of run, simulate and bench tracing; fit-iia has its own command, which has its flags
 SAMPLING = tuple(a for a in ALGORITHMS if a != "fit-iia")
@@ -441,14 +442,9 @@ def _bench(args) -> int:
             return _flag_error(bad, "cpu | cuda, and repeats >= 1")
         if args.transport not in ("mpi", "nccl", "gloo"):
             return _flag_error("--transport", f"mpi | nccl | gloo, got {args.transport!r}")
-        if args.staging not in STAGINGS:
-            return _flag_error("--staging", f"{' | '.join(STAGINGS)}, got {args.staging!r}")
+        check_staging(args.staging, args.staging_lane_mb)
         if args.staging != "pinned" and (args.device != "cuda" or args.transport != "mpi"):
             return _flag_error("--staging", "sets how GPU tensors cross MPI: give --device cuda and --transport mpi")
-        if not 1 <= args.staging_lane_mb <= 4096:
-            return _flag_error("--staging-lane-mb", f"1 to 4096, got {args.staging_lane_mb}")
-        if args.staging != "shared" and args.staging_lane_mb != RunConfig.staging_lane_mb:
-            return _flag_error("--staging-lane-mb", "sizes the arena of --staging shared: give --staging shared")
         if args.transport == "nccl" and args.device != "cuda":
             return _flag_error("--transport", "nccl moves GPU tensors: give --device cuda")
         if args.out:

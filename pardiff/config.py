@@ -113,12 +113,7 @@ class RunConfig:
                                         "kernels to change: drop --tf32 or give --dtype float32")
         _choice("--transport", self.transport, TRANSPORTS)
         _choice("--exchange", self.exchange, EXCHANGES)
-        _choice("--staging", self.staging, STAGINGS)
-        if not 1 <= self.staging_lane_mb <= 4096:
-            raise ConfigError("--staging-lane-mb", f"MiB of shared arena per pair of ranks, 1 to 4096, "
-                                                   f"got {self.staging_lane_mb}")
-        if self.staging != "shared" and self.staging_lane_mb != RunConfig.staging_lane_mb:
-            raise ConfigError("--staging-lane-mb", "sizes the arena of --staging shared: give --staging shared")
+        check_staging(self.staging, self.staging_lane_mb)
         if self.steps < 1:
             raise ConfigError("--steps", f"must be at least 1, got {self.steps}")
         if self.batch < 1:
@@ -253,6 +248,15 @@ FLAG_ALGORITHMS = {
     **dict.fromkeys(("window", "tol", "missing_history"), ("parasolver", "paradigms")),
     **dict.fromkeys(("gamma", "rho", "integration", "mu_pred", "seed_sharing", "return_latent", "exchange"), ("se2p",)),
 }
+
+
+def check_staging(staging: str, lane_mb: int) -> None:
+    """--staging and --staging-lane-mb (of run and of bench comm)."""
+    _choice("--staging", staging, STAGINGS)
+    if not 1 <= lane_mb <= 4096:
+        raise ConfigError("--staging-lane-mb", f"MiB of shared arena per pair of ranks, 1 to 4096, got {lane_mb}")
+    if staging != "shared" and lane_mb != RunConfig.staging_lane_mb:
+        raise ConfigError("--staging-lane-mb", "sizes the arena of --staging shared: give --staging shared")
 
 
 def check_flags_apply(algorithm: str, given) -> None:

@@ -243,17 +243,8 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
             error = f"--transport: {transport} could not be set up: {type(e).__name__}: {e}"
         if agree(comm, error):
             return 2
-    if cfg.staging != "pinned":
-        error = None
-        try:
-            comm.staging = cfg.staging
-            if cfg.staging == "shared":
-                comm.share_staging(cfg.staging_lane_mb << 20)
-                comm.shared.register()          # page-locking is slow: before the clock
-        except Exception as e:       # no shared memory for the window, or CUDA refusing to page-lock it
-            error = f"--staging: {cfg.staging} could not be set up: {type(e).__name__}: {e}"
-        if agree(comm, error):
-            return 2
+    if agree(comm, set_staging(comm, cfg.staging, cfg.staging_lane_mb)):
+        return 2
 
     with abort_on_error(comm):
         warm = warm_batches(cfg, comm.rank, comm.size)
@@ -269,6 +260,20 @@ def run(cfg: RunConfig, comm: Comm, algorithm, loader=load_model) -> int:
         status = _finish(ctx, sample, wall_s)
         comm.close()
     return status
+
+
+def set_staging(comm: Comm, staging: str, lane_mb: int) -> str | None:
+    """--staging on ``comm`` (collective): with shared, the node's arena mapped and page-locked, before
+    the clock (locking is slow). Returns this rank's error, or None; the caller agrees on it."""
+    comm.staging = staging
+    if staging != "shared":
+        return None
+    try:
+        comm.share_staging(lane_mb << 20)
+        comm.shared.register()
+    except Exception as e:       # no room for the window, or CUDA refusing to page-lock it
+        return f"--staging: shared could not be set up: {type(e).__name__}: {e}"
+    return None
 
 
 def select_transport(cfg: RunConfig, comm: Comm, device: torch.device) -> str:

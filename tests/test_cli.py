@@ -137,6 +137,9 @@ OTHER_BAD = [
     (None, ["bench", "model", "--out", "m.txt"], "--out"),
     (2, ["bench", "comm", "--sizes", "8,64", "--out", "/no/such/dir/c.json"], "--out"),
     (2, ["bench", "comm", "--sizes", "0"], "--sizes"),
+    (2, ["bench", "comm", "--staging", "carrier-pigeon"], "--staging"),
+    (2, ["bench", "comm", "--staging", "shared"], "--staging"),                 # CPU tensors: nothing to stage
+    (2, ["bench", "comm", "--staging-lane-mb", 32], "--staging-lane-mb"),      # without --staging shared
     (2, ["bench", "tracing", "se2p", "--steps", 2, "--results", "/no/such/dir/r.json"], "--results"),
     (None, ["trace", "plot", "t.h5", "-o", "/no/such/dir/p.png"], "-o"),
     (None, ["trace", "plot", "t.h5", "-o", "p.txt"], "-o"),

@@ -82,7 +82,6 @@ class SharedStaging:
         self._registered = []          # data pointers page-locked in this process
         self._head = {}                # dest local rank -> next free position of my lane to it
         self._restart = {}             # dest -> where I last started its lane over (before it: all read)
-        self._consumed = {}            # source local rank -> what I have consumed of its lane to me
         self._done = {}                # source -> {claim start: end} read, behind one still unread (claims never
                                        # share a start: every claim holds at least one byte)
         self._pending = {}             # source -> deque of (claim start, end, event) copies in flight
@@ -147,7 +146,6 @@ class SharedStaging:
         to send. When the header's data position is INLINE the bytes were not written: send them
         as an MPI message after the header. A GPU tensor's copy is complete on return."""
         me, d = self.local_rank, self._local_of[dest]
-        self.reclaim()
         nbytes = tensor.numel() * tensor.element_size()
         start = self._head.get(d, 0)
         offset = start % self.lane_bytes
@@ -195,12 +193,12 @@ class SharedStaging:
                 if event is not None:
                     self._events.append(event)
                 done[start] = end
-            consumed = self._consumed.get(s, 0)
+            counter = self._counters[self.local_rank]       # how far s's lane to me is read
+            published = consumed = int(counter[s * _LINE // 8])
             while consumed in done:
                 consumed = done.pop(consumed)
-            if consumed != self._consumed.get(s, 0):
-                self._consumed[s] = consumed
-                self._counters[self.local_rank][s * _LINE // 8] = consumed
+            if consumed != published:
+                counter[s * _LINE // 8] = consumed
 
 
 def _runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
