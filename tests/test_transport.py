@@ -218,6 +218,7 @@ def shared_comm(lane_bytes: int) -> MPIComm:
     stages GPU tensors on a GPU node (tests/test_gpu.py runs it on GPUs): the lanes, headers,
     wrap-around, fallback and reclaiming are the same code."""
     comm = MPIComm(recorder=ListRecorder(MPI.COMM_WORLD.rank))
+    assert comm.size == MPI.COMM_WORLD.size >= 2            # really under mpiexec
     comm.share_staging(lane_bytes)
     comm._shared_with = lambda tensor, peer: comm.shared.local(peer)
     return comm
@@ -364,6 +365,7 @@ def test_shared_staging_refuses_an_arena_larger_than_dev_shm():
     write would be a SIGBUS)."""
     import os
     from pardiff.comm.shared import SharedStaging
+    assert MPI.COMM_WORLD.size == 2                          # really under mpiexec
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm")
     stat = os.statvfs("/dev/shm")
