@@ -7,11 +7,13 @@ sampler, and measure the RMS distance of each sample to the probability-flow sol
 same initial noise (DDIM with --reference-steps steps, 1000 by default): over all test samples, their
 median, and how many end more than --far away (on another image, not merely less accurate). With --eval,
 also ``pardiff eval --reference lfw`` of every sample set (KID, NIQE-LFW, sharpness: the FID-like view).
-Writes results.json and table.md to --out-dir. --nfe keeps only some NFE budgets; the guided reference is computed only when ddim-cfg is
-among --solvers (an unconditional model such as lfw-32 has no classes).
+Writes results.json and table.md to --out-dir. --nfe keeps only some NFE budgets. The guided solvers (ddim-cfg:
+IIA-DDIM's Eq. 8; dpmsolver++-cfg: IIA-DPM-Solver++ on the guided ε̈) need a class-conditional model (gmm, lfw-32-cfg):
+their test samples are drawn for --class-label with guidance --guidance, their reference is guided DDIM-1000.
 
     python3 launch/iia_study.py --out-dir traces/results/<date>_cpu_iia
     python3 launch/iia_study.py --model lfw-32 --solvers ddim --fit-batch 32 --test-batch 16 --b-sweep --out-dir DIR   # bare --b-sweep: no |B| sweep
+    python3 launch/iia_study.py --model lfw-32-cfg --solvers ddim-cfg --class-label 1 --guidance 2 --b-sweep --eval --out-dir DIR
 """
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ from quality_study import grid_png, sampling_device  # noqa: E402  (the grids an
 SOLVERS = {
     "ddim": ("iia-ddim", "ddim", {10: 10, 20: 20, 30: 30, 40: 40}, []),
     "ddim-1q": ("iia-ddim", "ddim", {10: 10, 20: 20, 30: 30, 40: 40}, ["--quantities", "1"]),
-    "ddim-cfg": ("iia-ddim-cfg", "ddim", {10: 10, 20: 20, 30: 30, 40: 40}, ["--guidance", "2"]),
+    "ddim-cfg": ("iia-ddim-cfg", "ddim", {10: 10, 20: 20, 30: 30, 40: 40}, []),
     "dpmsolver++": ("iia-dpmsolver++", "dpmsolver", {10: 10, 20: 20, 30: 30, 40: 40}, []),
+    "dpmsolver++-cfg": ("iia-dpmsolver++", "dpmsolver", {10: 10, 20: 20, 30: 30, 40: 40}, []),
     "biia-edm": ("biia-edm", "edm", {11: 6, 19: 10, 29: 15, 39: 20}, []),
     "iia-edm": ("iia-edm", "edm", {11: 6, 19: 10, 29: 15, 39: 20}, []),
 }
-CLASS = 3                         # the class the guided samples are drawn for (the fit averages over all)
+GUIDED = ("ddim-cfg", "dpmsolver++-cfg")   # sampled and fitted with --guidance (the fit averages over the classes)
 
 
 def pardiff(ranks: int, *args, cwd: Path) -> None:
@@ -67,6 +70,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-samples", action="store_true", help="keep the samples (.npy) in --out-dir/samples")
     ap.add_argument("--far", type=float, default=0.15,
                     help="a test sample whose RMS error exceeds this ended on another image (default %(default)s)")
+    ap.add_argument("--guidance", type=float, default=2.0, help="w of the guided solvers (default %(default)s)")
+    ap.add_argument("--class-label", type=int, default=3,
+                    help="the class the guided test samples are drawn for (default %(default)s, a gmm component; "
+                         "lfw-32-cfg: 1 face, 0 non-face)")
     ap.add_argument("--eval", action="store_true",
                     help="also pardiff eval --reference lfw every sample set (a model of LFW's 32x32 images)")
     args = ap.parse_args(argv)
@@ -76,13 +83,13 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="iia-study-"))
     test = ["--model", args.model, "--seed", 5, "--batch", args.test_batch]
-    guided = ["--guidance", 2, "--class-label", CLASS]
+    guided = ["--guidance", args.guidance, "--class-label", args.class_label]
 
     t0 = time.time()
     ref_steps = args.reference_steps
     pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, "--out", "ref.npy", cwd=work)
     refs = {False: np.load(work / "ref.npy")}
-    if "ddim-cfg" in args.solvers:
+    if any(name in GUIDED for name in args.solvers):
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, *guided,
                 "--out", "ref-cfg.npy", cwd=work)
         refs[True] = np.load(work / "ref-cfg.npy")
@@ -96,14 +103,15 @@ def main(argv=None) -> int:
     rows = []
     for name in args.solvers:
         sampler, base, budgets, extra = SOLVERS[name]
-        solver = "ddim" if name == "ddim-1q" else name
-        g = name == "ddim-cfg"
+        solver = {"ddim-1q": "ddim", "dpmsolver++-cfg": "dpmsolver++"}.get(name, name)
+        g = name in GUIDED
         flags = [*test, *(guided if g else [])]
+        fit_flags = [*extra, *(["--guidance", args.guidance] if g else [])]
         for nfe, steps in budgets.items():
             if args.nfe and nfe not in args.nfe:
                 continue
             tag = f"{name}-{steps}"
-            pardiff(args.ranks, "fit-iia", "--solver", solver, *extra, "--model", args.model, "--steps", steps,
+            pardiff(args.ranks, "fit-iia", "--solver", solver, *fit_flags, "--model", args.model, "--steps", steps,
                     "--fine", args.fine, "--batch", args.fit_batch, "--seed", 0, "--out", f"{tag}.h5",
                     "--report", f"{tag}.json", cwd=work)
             fit = json.loads((work / f"{tag}.json").read_text())
@@ -138,7 +146,7 @@ def main(argv=None) -> int:
 
     quality = {}
     if args.eval:
-        sets = ["ref.npy"] + [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
+        sets = ["ref.npy"] + (["ref-cfg.npy"] if True in refs else []) + [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
         pardiff(1, "eval", *dict.fromkeys(sets), "--reference", "lfw", "--report", "eval.json", cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
         quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "face_rate": m["face_rate"],
@@ -147,18 +155,22 @@ def main(argv=None) -> int:
                    for f, m in files.items()}
 
     meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
-            "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": 2, "class_label": CLASS,
+            "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": args.guidance, "class_label": args.class_label,
             "reference": f"ddim, {ref_steps} steps, same initial noise", "device": sampling_device(), "far": args.far,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
                                                        "quality": quality}, indent=1))
     n = args.test_batch
+
+    def label(r):
+        return r["sampler"] + {"ddim-1q": " (1 quantity)", "dpmsolver++-cfg": " (guided)"}.get(r["solver"], "")
+
     lines = [f"RMS error to the reference over the {n} test samples (median of the per-sample errors; "
              f"samples further than {args.far} from it)", "",
              "| solver | NFE | steps | residual base | residual IIA | RMS error base | RMS error IIA |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['sampler']}{' (1 quantity)' if r['solver'] == 'ddim-1q' else ''} vs {r['base']} "
+        lines.append(f"| {label(r)} vs {r['base']} "
                      f"| {r['nfe']} | {r['steps']} | {r['residual_base']:.3g} | {r['residual_fitted']:.3g} "
                      f"| {r['error_base']:.4f} ({r['error_base_median']:.4f}; {r['far_base']} of {n}) "
                      f"| {r['error_iia']:.4f} ({r['error_iia_median']:.4f}; {r['far_iia']} of {n}) |")
@@ -166,15 +178,21 @@ def main(argv=None) -> int:
         q = quality
         lines += ["", "pardiff eval --reference lfw of each set (KID ± spread over halves; NIQE-LFW per image ± SE "
                   "(set)); the reference: " + f"KID {q['ref']['kid']:.3f}, NIQE-LFW {q['ref']['niqe_lfw']:.2f} "
-                  f"({q['ref']['niqe_lfw_set']:.2f}), sharpness {q['ref']['sharpness']:.4f}", "",
-                  "| solver | NFE | KID base | KID IIA | NIQE-LFW base | NIQE-LFW IIA | sharpness base / IIA |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"({q['ref']['niqe_lfw_set']:.2f}), sharpness {q['ref']['sharpness']:.4f}, face rate "
+                  f"{q['ref']['face_rate']:.3f}" + ("" if "ref-cfg" not in q else
+                  f"; the guided reference: KID {q['ref-cfg']['kid']:.3f}, NIQE-LFW {q['ref-cfg']['niqe_lfw']:.2f} "
+                  f"({q['ref-cfg']['niqe_lfw_set']:.2f}), sharpness {q['ref-cfg']['sharpness']:.4f}, face rate "
+                  f"{q['ref-cfg']['face_rate']:.3f}"), "",
+                  "| solver | NFE | KID base | KID IIA | NIQE-LFW base | NIQE-LFW IIA | sharpness base / IIA "
+                  "| face rate base / IIA |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             b, i = q[f"{r['solver']}-{r['steps']}-base"], q[f"{r['solver']}-{r['steps']}-iia"]
-            lines.append(f"| {r['sampler']} vs {r['base']} | {r['nfe']} | {b['kid']:.3f} ± {b['kid_subset_std']:.3f} "
+            lines.append(f"| {label(r)} vs {r['base']} | {r['nfe']} | {b['kid']:.3f} ± {b['kid_subset_std']:.3f} "
                          f"| {i['kid']:.3f} ± {i['kid_subset_std']:.3f} | {b['niqe_lfw']:.2f} ± {b['niqe_lfw_se']:.2f} "
                          f"({b['niqe_lfw_set']:.2f}) | {i['niqe_lfw']:.2f} ± {i['niqe_lfw_se']:.2f} "
-                         f"({i['niqe_lfw_set']:.2f}) | {b['sharpness']:.4f} / {i['sharpness']:.4f} |")
+                         f"({i['niqe_lfw_set']:.2f}) | {b['sharpness']:.4f} / {i['sharpness']:.4f} "
+                         f"| {b['face_rate']:.3f} / {i['face_rate']:.3f} |")
     if sweep:
         base10 = next((r["error_base"] for r in rows if r["solver"] == "ddim" and r["nfe"] == 10), None)
         lines += ["", f"IIA-DDIM at NFE 10 against |B| (DDIM-10's RMS error: {base10})", "",

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The run that made the shipped model pardiff/models/weights/lfw-32 (docs/reproduction.md):
+# The runs that made the shipped models pardiff/models/weights/lfw-32 and lfw-32-cfg (docs/reproduction.md):
 # a short probe to time one step (after warm-up), then about SECONDS (default 300) of training at batch 256,
-# bf16 autocast, on one GPU. Writes OUT/lfw-32/ (the model folder), OUT/train.json (the log)
-# and OUT/probe.json.
+# bf16 autocast, on one GPU. Writes OUT/NAME/ (the model folder, NAME default lfw-32), OUT/train.json (the
+# log) and OUT/probe.json; any further flags go to pardiff train (lfw-32-cfg: --classes).
 #
-#     launch/train_lfw.sh OUT [SECONDS]
+#     launch/train_lfw.sh OUT [SECONDS [NAME [FLAGS...]]]
+#     launch/train_lfw.sh OUT 300 lfw-32-cfg --classes
 set -euo pipefail
-out=${1:?usage: launch/train_lfw.sh OUT [SECONDS]}
+out=${1:?usage: launch/train_lfw.sh OUT [SECONDS [NAME [FLAGS...]]]}
 seconds=${2:-300}
+name=${3:-lfw-32}
+shift $(( $# < 3 ? $# : 3 ))
 py=${PYTHON:-python3}
 mkdir -p "$out"
-$py -m pardiff train --steps 40 --warmup 10 --bf16 --device cuda --out "$out/probe-model" --log "$out/probe.json"
+$py -m pardiff train --steps 40 --warmup 10 --bf16 --device cuda "$@" --out "$out/probe-model" --log "$out/probe.json"
 rm -rf "$out/probe-model"
 steps=$($py -c "import json, sys; s = json.load(open(sys.argv[1]))['s_per_step_after_10']; \
 print(min(8000, int($seconds / s) // 100 * 100))" "$out/probe.json")
 echo "training for $steps steps"
 $py -m pardiff train --data lfw --size 32 --channels 64,128,128 --steps "$steps" --batch 256 --lr 5e-4 \
-    --seed 0 --bf16 --device cuda --out "$out/lfw-32" --log "$out/train.json"
+    --seed 0 --bf16 --device cuda "$@" --out "$out/$name" --log "$out/train.json"

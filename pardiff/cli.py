@@ -246,6 +246,11 @@ def _add_train_eval(sub) -> None:
     tr.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (GPU)")
     tr.add_argument("--save-dtype", default=d.save_dtype, help="dtype of the saved weights: float16 (default, half "
                                                               "the size) | float32")
+    tr.add_argument("--classes", action="store_true",
+                    help="class-conditional on the data's labels (lfw: 0 non-face, 1 face), for classifier-free "
+                         "guidance (run --class-label C --guidance W)")
+    tr.add_argument("--class-drop", type=float,
+                    help="with --classes: the fraction of labels trained as the null class (default 0.1)")
     tr.add_argument("--out", required=True, help="FOLDER for the diffusers model (loadable with --model FOLDER)")
     tr.add_argument("--log", help="FILE.json: loss curve, wall time, device, versions")
     lat = tr.add_argument_group("latent diffusion (docs/reproduction.md, lfw-ldm)")

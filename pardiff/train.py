@@ -6,6 +6,12 @@ run on it exactly as on the published DDPM checkpoints. The output folder is wha
 ``save_pretrained`` writes plus ``scheduler_config.json`` beside it, which is where
 ``load_pretrained`` looks for the schedule: ``--model FOLDER`` loads it.
 
+With ``--classes`` the UNet is class-conditional on the data set's labels (``lfw``: face / non-face)
+for classifier-free guidance (Ho & Salimans 2022): one more class embedding, the null class, stands
+in for the label of a ``--class-drop`` fraction of each batch, so the one network predicts both
+ε(x, t, c) and ε(x, t, ∅). The folder's config marks the null class (``_pardiff_null_class``:
+models/hub.py reads it).
+
 With ``--vae-channels`` it trains a latent diffusion model (Rombach et al. 2022) instead: first a
 diffusers ``AutoencoderKL`` (reconstruction + a small KL term, as the LDM paper's KL-regularised
 autoencoders, without their perceptual and adversarial losses), then the UNet with the same ε-loss on
@@ -48,6 +54,8 @@ class TrainConfig:
     latent_channels: int = 4
     vae_steps: int = 2000
     kl_weight: float = 1e-6
+    classes: bool = False                # class-conditional on the data set's labels, with a null class
+    class_drop: float | None = None      # with classes: the fraction of labels trained as the null class (0.1)
 
     def channel_list(self) -> list[int]:
         return [int(c) for c in self.channels.split(",")]
@@ -100,6 +108,15 @@ class TrainConfig:
             raise ConfigError("--warmup", f"must be >= 0; got {self.warmup}")
         if not 0 <= self.ema < 1:
             raise ConfigError("--ema", f"EMA decay must be in [0, 1) (0: no EMA); got {self.ema}")
+        if self.class_drop is not None and not self.classes:
+            raise ConfigError("--class-drop", "only with --classes (a class-conditional model)")
+        if self.classes and self.class_drop is None:
+            self.class_drop = 0.1                        # the usual rate (Ho & Salimans train with 0.1 or 0.2)
+        if self.classes and not 0 < self.class_drop < 1:
+            raise ConfigError("--class-drop", f"a fraction in (0, 1): some labels must train the null class; "
+                                              f"got {self.class_drop}")
+        if self.classes and self.data == "lfw-faces":
+            raise ConfigError("--classes", "lfw-faces has one class (faces): train on --data lfw (faces and non-faces)")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError("--save-dtype", f"float32 or float16; got {self.save_dtype!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -114,14 +131,16 @@ class TrainConfig:
             check_output("--log", self.log, (".json",))
 
 
-def unet_config(size: int, channels: list[int], in_channels: int = 1) -> dict:
-    """A DDPM UNet: two ResNet blocks per level, self-attention at the second level (half size)."""
+def unet_config(size: int, channels: list[int], in_channels: int = 1, classes: int = 0) -> dict:
+    """A DDPM UNet: two ResNet blocks per level, self-attention at the second level (half size);
+    with ``classes`` > 0, class-conditional with classes + 1 embeddings (the last: the null class)."""
     levels = len(channels)
     down = ["AttnDownBlock2D" if i == 1 else "DownBlock2D" for i in range(levels)]
     up = ["AttnUpBlock2D" if i == levels - 2 else "UpBlock2D" for i in range(levels)]
     return dict(sample_size=size, in_channels=in_channels, out_channels=in_channels, block_out_channels=channels,
                 layers_per_block=2, down_block_types=down, up_block_types=up,
-                norm_num_groups=32 if all(c % 32 == 0 for c in channels) else 8)
+                norm_num_groups=32 if all(c % 32 == 0 for c in channels) else 8,
+                **({"num_class_embeds": classes + 1} if classes else {}))
 
 
 def vae_config(size: int, channels: list[int], latent_channels: int) -> dict:
@@ -243,8 +262,9 @@ def train(cfg: TrainConfig) -> dict:
     device = _device(cfg)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    data, _ = load_dataset(cfg.data, cfg.size)
-    data = data.to(device)
+    data, labels = load_dataset(cfg.data, cfg.size)
+    data, labels = data.to(device), labels.to(device)
+    classes = int(labels.max()) + 1 if cfg.classes else 0      # the null class is index `classes`
     sched = scheduler(clip_sample=not cfg.vae_channels)
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     T = len(alpha_bar)
@@ -272,10 +292,17 @@ def train(cfg: TrainConfig) -> dict:
             x0 = data[idx]
             return torch.where(flip[:, None, None, None], x0.flip(-1), x0)     # random horizontal flips
 
-    unet_cfg = unet_config(cfg.unet_size(), cfg.channel_list(), channels_in)
+    unet_cfg = unet_config(cfg.unet_size(), cfg.channel_list(), channels_in, classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)                      # the initial weights
         model = UNet2DModel(**unet_cfg)
+    if classes:
+        model.register_to_config(_pardiff_null_class=classes)   # kept by save_pretrained / from_pretrained
+
+    def class_batch(idx):
+        """The labels of a batch, a cfg.class_drop fraction of them replaced by the null class."""
+        drop = (torch.rand(len(idx), generator=gen) < cfg.class_drop).to(device)
+        return torch.where(drop, classes, labels[idx])
 
     def loss_fn(step):
         idx = torch.randint(len(data), (cfg.batch,), generator=gen)
@@ -286,8 +313,9 @@ def train(cfg: TrainConfig) -> dict:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = alpha_bar[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        y = class_batch(idx) if classes else None        # drawn after the noise: unconditional runs keep their stream
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = model(xt, t).sample
+            pred = model(xt, t, class_labels=y).sample
         return F.mse_loss(pred.float(), noise)
 
     unet_log = _fit(model, loss_fn, cfg.steps, cfg, device, ema=cfg.ema > 0)
@@ -313,6 +341,7 @@ def train(cfg: TrainConfig) -> dict:
 
     log = {"config": asdict(cfg), "unet": unet_cfg, **unet_log,
            "parameters": sum(p.numel() for p in model.parameters()), "images": len(data),
+           "classes": classes,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
            "threads": torch.get_num_threads(), "versions": _versions(diffusers.__version__),
            "date": time.strftime("%Y-%m-%d")}

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,43 @@ def test_train_tiny_loads_and_is_deterministic(tmp_path):
     again = load_model(str(tmp_path / "b"))
     for p, q in zip(model.module.parameters(), again.module.parameters()):
         assert torch.equal(p, q)
+
+
+def test_train_tiny_class_conditional(tmp_path):
+    """--classes: a UNet with one embedding per label and a marked null class, which pardiff loads as
+    class-conditional (labels 0 face / 1 … as the data's, -1 the null class) and samples with guidance."""
+    pytest.importorskip("skimage")
+    log = train(TrainConfig(out=str(tmp_path / "c"), classes=True, **TINY))
+    assert log["classes"] == 2 and log["unet"]["num_class_embeds"] == 3 and log["config"]["class_drop"] == 0.1
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["_pardiff_null_class"] == 2
+
+    model = load_model(str(tmp_path / "c"))
+    assert model.num_classes == 2
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    face, other, null = (model.eps(x, 500, torch.tensor(c)) for c in (1, 0, -1))
+    assert not torch.equal(face, other) and not torch.equal(face, null)
+    torch.testing.assert_close(model.eps(x, 500), null)            # no label: the null class
+    torch.testing.assert_close(model.eps(x, 500, torch.tensor([1, 0, -1])),
+                               torch.cat([face[:1], other[1:2], null[2:]]))
+
+    # the CLI: guided samples for class 1, and the class range checked against the model
+    out = tmp_path / "s.npy"
+    pardiff(1, "run", "sequential", "--model", str(tmp_path / "c"), "--sampler", "ddim", "--steps", "3",
+            "--class-label", "1", "--guidance", "2", "--batch", "2", "--out", str(out), cwd=tmp_path)
+    assert np.load(out).shape == (2, 1, 16, 16)
+    r = pardiff(1, "run", "sequential", "--model", str(tmp_path / "c"), "--steps", "3", "--class-label", "2",
+                cwd=tmp_path, check=False)
+    assert r.returncode != 0 and "--class-label" in r.stderr and "classes 0..1" in r.stderr
+
+
+def test_class_conditional_unet_without_null_class_refused(tmp_path):
+    """A class-conditional UNet2DModel from elsewhere has no known unconditional class: refused by name."""
+    from diffusers import UNet2DModel
+    from pardiff.train import scheduler, unet_config
+    UNet2DModel(**unet_config(16, [16, 32], classes=2)).save_pretrained(tmp_path / "m")
+    scheduler().save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="without a marked null class"):
+        load_model(str(tmp_path / "m"))
 
 
 def test_train_tiny_latent_model(tmp_path):
@@ -105,6 +143,10 @@ def test_train_tiny_latent_model(tmp_path):
     (dict(lr=0.0), "--lr"),
     (dict(ema=1.0), "--ema"),
     (dict(save_dtype="int8"), "--save-dtype"),
+    (dict(class_drop=0.2), "--class-drop"),
+    (dict(classes=True, class_drop=1.0), "--class-drop"),
+    (dict(classes=True, class_drop=0.0), "--class-drop"),
+    (dict(classes=True, data="lfw-faces"), "--classes"),
     (dict(device="tpu"), "--device"),
     (dict(log="no/such/folder/log.json"), "--log"),
     (dict(log="log.txt"), "--log"),

@@ -176,8 +176,12 @@ class DiffusersModel(EpsModel):
                              f"{2 * C} (with a learned variance); models with extra input channels, "
                              "such as inpainting ones, are not supported")
         if isinstance(module, UNet2DModel) and (config.get("num_class_embeds") or config.get("class_embed_type")):
-            raise ValueError(f"{name}: class-conditional UNet2DModel (num_class_embeds / class_embed_type) "
-                             "is not supported; DiT models are")
+            # guidance needs an unconditional prediction: supported when the null class is marked
+            # (pardiff train --classes), as DiT's, the last embedding
+            if config.get("class_embed_type") or config.get("_pardiff_null_class") != config.num_class_embeds - 1:
+                raise ValueError(f"{name}: class-conditional UNet2DModel without a marked null class is not "
+                                 "supported (pardiff train --classes marks it: _pardiff_null_class = "
+                                 "num_class_embeds - 1 in config.json); DiT models are")
         extra = ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
         if isinstance(module, UNet2DConditionModel) and any(config.get(k) for k in extra):
             raise ValueError(f"{name}: UNet2DConditionModel with extra conditioning (addition_embed_type, "
@@ -200,7 +204,8 @@ class DiffusersModel(EpsModel):
         size = config.sample_size
         H, W = (size, size) if isinstance(size, int) else tuple(size)
         self.sample_shape = (C, H, W)
-        self.num_classes = config.num_embeds_ada_norm if isinstance(module, DiTTransformer2DModel) else None
+        self.num_classes = (config.num_embeds_ada_norm if isinstance(module, DiTTransformer2DModel)
+                            else config.get("_pardiff_null_class"))     # labels 0 .. num_classes-1; num_classes is ∅
 
         # There is no text encoder: a cross-attention UNet attends to one fixed random
         # "prompt embedding", which costs exactly what a real prompt costs.
@@ -265,7 +270,8 @@ class DiffusersModel(EpsModel):
             self.graphs = CudaGraphs(self.forward, self.device)
 
     def _labels(self, class_labels, batch: int) -> torch.Tensor:
-        """(B,) labels for DiT: -1 (unconditional) and None become the null class, num_classes."""
+        """(B,) labels: -1 (unconditional) and None become the null class, num_classes (DiT's and
+        pardiff train --classes' last embedding)."""
         if class_labels is None:
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=self.device)
         labels = torch.as_tensor(class_labels, device=self.device).long().reshape(-1).expand(batch)
