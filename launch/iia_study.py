@@ -76,6 +76,8 @@ def main(argv=None) -> int:
                          "lfw-32-cfg: 1 face, 0 non-face)")
     ap.add_argument("--eval", action="store_true",
                     help="also pardiff eval --reference lfw every sample set (a model of LFW's 32x32 images)")
+    ap.add_argument("--eval-reference", default="lfw", choices=("lfw", "lfw-faces"),
+                    help="--eval's reference (default %(default)s; lfw-faces for samples guided to the face class)")
     args = ap.parse_args(argv)
     if shutil.which("mpiexec") is None:
         raise SystemExit("no mpiexec on PATH (pip install -e '.[mpich]')")
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     quality = {}
     if args.eval:
         sets = ["ref.npy"] + (["ref-cfg.npy"] if True in refs else []) + [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
-        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", "lfw", "--report", "eval.json", cwd=work)
+        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
         quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "face_rate": m["face_rate"],
                             "sharpness": m["sharpness"]["mean"], "niqe_lfw": m["niqe_lfw"]["mean"],
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
                      f"| {r['error_iia']:.4f} ({r['error_iia_median']:.4f}; {r['far_iia']} of {n}) |")
     if quality:
         q = quality
-        lines += ["", "pardiff eval --reference lfw of each set (KID ± spread over halves; NIQE-LFW per image ± SE "
+        lines += ["", f"pardiff eval --reference {args.eval_reference} of each set (KID ± spread over halves; NIQE-LFW per image ± SE "
                   "(set)); the reference: " + f"KID {q['ref']['kid']:.3f}, NIQE-LFW {q['ref']['niqe_lfw']:.2f} "
                   f"({q['ref']['niqe_lfw_set']:.2f}), sharpness {q['ref']['sharpness']:.4f}, face rate "
                   f"{q['ref']['face_rate']:.3f}" + ("" if "ref-cfg" not in q else

@@ -10,6 +10,8 @@ pixels at or beyond the range ends (saturated). Against a reference:
   training images' features in a small face / non-face classifier trained here with a fixed
   seed; the rate of samples it calls faces; the RMS distance of each sample to its nearest
   training image (memorisation shows as a small one);
+- ``lfw-faces``: the same, against the 100 faces only (the same classifier, trained on all 200):
+  the reference for samples drawn for the face class of a class-conditional model (lfw-32-cfg);
 - ``gmm`` / ``gmm:CxHxW``: the exact mean log-likelihood under the mixture, beside that of
   exact samples of it.
 
@@ -237,15 +239,17 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class LfwReference:
-    """The LFW images, the feature net trained on them, and their features (standardised)."""
+    """The LFW images (``faces_only``: the faces), the feature net trained on all of them, and the
+    reference images' features (standardised)."""
 
-    def __init__(self):
+    def __init__(self, faces_only: bool = False):
         from .data import load_dataset
         try:
-            self.images, labels = load_dataset("lfw", FEATURE_SIZE)
+            images, labels = load_dataset("lfw", FEATURE_SIZE)
         except ValueError as e:
             raise EvalError("--reference", e) from None
-        self.net, self.accuracy = train_feature_net(self.images, labels)
+        self.net, self.accuracy = train_feature_net(images, labels)
+        self.images = images[labels == 1] if faces_only else images
         with torch.no_grad():
             f = self.net.features(self.images).double()
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
@@ -408,7 +412,7 @@ def gmm_loglik(x: torch.Tensor, spec: str) -> dict:
 
 def _check_reference(reference: str) -> None:
     from .models import check_model_spec
-    if reference in ("none", "lfw"):
+    if reference in ("none", "lfw", "lfw-faces"):
         return
     if reference.startswith("gmm"):
         try:
@@ -416,7 +420,7 @@ def _check_reference(reference: str) -> None:
             return
         except ValueError as e:
             raise EvalError("--reference", e) from None
-    raise EvalError("--reference", f"none, lfw, gmm or gmm:CxHxW; got {reference!r}")
+    raise EvalError("--reference", f"none, lfw, lfw-faces, gmm or gmm:CxHxW; got {reference!r}")
 
 
 def evaluate(paths: list[str], reference: str = "none", decode: str | None = None) -> dict:
@@ -426,12 +430,12 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
     decoder = load_decoder(decode) if decode else None
     samples = {path: load_samples(path, decoder) for path in paths}
     lfw = None
-    if reference == "lfw":
+    if reference in ("lfw", "lfw-faces"):
         bad = [p for p, x in samples.items() if x.shape[1] != 1]
         if bad:
             raise EvalError("--reference", f"the LFW images are grayscale; {bad[0]!r} has "
                                            f"{samples[bad[0]].shape[1]} channels")
-        lfw = LfwReference()
+        lfw = LfwReference(faces_only=reference == "lfw-faces")
     files = {}
     for path, x in samples.items():
         entry = {"n": len(x), "shape": list(x.shape[1:])}

@@ -102,6 +102,24 @@ def test_evaluate_npy_and_lfw_reference(tmp_path):
     assert faces["colourfulness"]["mean"] == 0
 
 
+def test_evaluate_lfw_faces_reference(tmp_path):
+    """--reference lfw-faces: the same classifier, the 100 faces as the reference set: the faces'
+    KID falls against it and the non-faces' rises, and non-faces are no training faces."""
+    pytest.importorskip("skimage")
+    from pardiff.data import load_dataset
+    data, _ = load_dataset("lfw", 32)
+    paths = [str(tmp_path / f) for f in ("faces.npy", "other.npy")]
+    np.save(paths[0], data[:50].numpy())
+    np.save(paths[1], data[100:150].numpy())
+    both, faces_only = evaluate(paths, "lfw"), evaluate(paths, "lfw-faces")
+    assert faces_only["feature_net"]["reference_images"] == 100 and both["feature_net"]["reference_images"] == 200
+    assert faces_only["feature_net"]["held_out_accuracy"] == both["feature_net"]["held_out_accuracy"]
+    f, o = (faces_only["files"][p] for p in paths)
+    assert f["kid"] < both["files"][paths[0]]["kid"] and o["kid"] > both["files"][paths[1]]["kid"]
+    assert f["nearest_train_rms"] < 1e-6 < o["nearest_train_rms"]
+    assert f["face_rate"] == both["files"][paths[0]]["face_rate"]
+
+
 def test_evaluate_gmm(tmp_path):
     from pardiff.models import load_model
     mixture = load_model("gmm:1x4x4")
@@ -134,7 +152,7 @@ def test_eval_cli(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.npy"], "SAMPLES: 'missing.npy' does not exist"),
-    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, gmm or gmm:CxHxW"),
+    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, gmm or gmm:CxHxW"),
     (["a.npy", "--reference", "gmm:0x4x4"], "--reference: gmm shape must be positive"),
     (["rgb.npy", "--reference", "lfw"], "--reference: the LFW images are grayscale"),
     (["a.npy", "--reference", "gmm"], "--reference: gmm has shape (3, 32, 32)"),
