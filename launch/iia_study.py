@@ -102,7 +102,18 @@ def main(argv=None) -> int:
         return {"all": float(np.sqrt((per ** 2).mean())), "median": float(np.median(per)),
                 "far": int((per > args.far).sum())}
 
-    rows = []
+    rows, sweep = [], []
+
+    def save(quality: dict) -> None:
+        """results.json as far as the study got (rewritten after every row: a time limit keeps what ran)."""
+        meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
+                "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": args.guidance,
+                "class_label": args.class_label, "reference": f"ddim, {ref_steps} steps, same initial noise",
+                "device": sampling_device(), "far": args.far, "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
+        (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
+                                                           "quality": quality}, indent=1))
+
     for name in args.solvers:
         sampler, base, budgets, extra = SOLVERS[name]
         solver = {"ddim-1q": "ddim", "dpmsolver++-cfg": "dpmsolver++"}.get(name, name)
@@ -128,10 +139,10 @@ def main(argv=None) -> int:
                    "error_iia_median": ei["median"], "far_base": eb["far"], "far_iia": ei["far"],
                    "fit_wall_s": fit["wall_s"], "coefficients": fit["coefficients"]}
             rows.append(row)
+            save({})
             print(f"{name:12s} NFE {nfe:3d}: residual {row['residual_base']:.3g} -> {row['residual_fitted']:.3g}, "
                   f"error {row['error_base']:.4f} -> {row['error_iia']:.4f}", flush=True)
 
-    sweep = []
     for q in (2, 1):
         for B in args.b_sweep:
             tag = f"sweep-{q}-{B}"
@@ -148,7 +159,8 @@ def main(argv=None) -> int:
 
     quality = {}
     if args.eval:
-        sets = ["ref.npy"] + (["ref-cfg.npy"] if True in refs else []) + [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
+        sets = ["ref.npy"] + (["ref-cfg.npy"] if True in refs else []) + \
+            [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
         pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
         quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "face_rate": m["face_rate"],
@@ -156,12 +168,7 @@ def main(argv=None) -> int:
                             "niqe_lfw_se": m["niqe_lfw"]["se"], "niqe_lfw_set": m["niqe_lfw"]["set"]}
                    for f, m in files.items()}
 
-    meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
-            "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": args.guidance, "class_label": args.class_label,
-            "reference": f"ddim, {ref_steps} steps, same initial noise", "device": sampling_device(), "far": args.far,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
-    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
-                                                       "quality": quality}, indent=1))
+    save(quality)
     n = args.test_batch
 
     def label(r):
