@@ -173,6 +173,17 @@ def test_shipped_lfw_32():
     assert config["beta_schedule"] == "linear" and config["num_train_timesteps"] == 1000
 
 
+def test_shipped_lfw_32_cfg():
+    """The class-conditional model: labels 0 / 1, the null class behind -1, and guidance that moves ε."""
+    assert "lfw-32-cfg" in model_names()
+    model = load_model("lfw-32-cfg")
+    assert model.sample_shape == (1, 32, 32) and model.num_classes == 2
+    assert sum(p.numel() for p in model.module.parameters()) == 6470657      # lfw-32 + 3 class embeddings
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    face, other, null = (model.eps(x, 600, torch.tensor(c)) for c in (1, 0, -1))
+    assert (face - null).abs().mean() > 1e-3 and (face - other).abs().mean() > 1e-3
+
+
 def test_shipped_lfw_ldm():
     assert "lfw-ldm" in model_names()
     model = load_model("lfw-ldm")
