@@ -264,11 +264,13 @@ def _add_train_eval(sub) -> None:
                           "paper's)")
 
     ev = sub.add_parser("eval", help="image statistics and distances of samples written by pardiff run --out",
-                        description="pardiff eval A.npy [B.npy ...] --reference lfw|lfw-faces|gmm|none --report FILE.json")
+                        description="pardiff eval A.npy [B.npy ...] --reference lfw|lfw-faces|gmm|none "
+                                    "--report FILE.json")
     ev.add_argument("samples", nargs="+", metavar="SAMPLES", help=".npy files from pardiff run --out")
     ev.add_argument("--reference", default="none",
                     help="none (default): image attributes only | lfw: also KID and face rate against the LFW "
-                         "training images | lfw-faces: against its 100 faces | gmm or gmm:CxHxW: also the exact log-likelihood under the mixture")
+                         "training images | lfw-faces: against its 100 faces | gmm or gmm:CxHxW: also the exact "
+                         "log-likelihood under the mixture")
     ev.add_argument("--report", help="write the metrics to FILE.json")
     ev.add_argument("--decode", metavar="MODEL", help="the files hold latents of this latent model (pardiff run "
                                                       "--out FILE.npy writes latents): decode them through its "

@@ -249,11 +249,13 @@ class LfwReference:
         except ValueError as e:
             raise EvalError("--reference", e) from None
         self.net, self.accuracy = train_feature_net(images, labels)
-        self.images = images[labels == 1] if faces_only else images
+        keep = labels == 1 if faces_only else torch.ones_like(labels, dtype=torch.bool)
+        self.images = images[keep]
         with torch.no_grad():
-            f = self.net.features(self.images).double()
+            f = self.net.features(images).double()
+        # standardised by all 200 images' statistics, whichever the reference set: one feature space
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
-        self.features = (f - self.mean) / self.std
+        self.features = (f[keep] - self.mean) / self.std
         self.niqe = niqe_model(niqe_features(to_unit(self.images)))     # the LFW images as the pristine set
 
     def metrics(self, x: torch.Tensor) -> dict:
