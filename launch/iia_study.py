@@ -215,7 +215,7 @@ def main(argv=None) -> int:
             shutil.copy(f, out_dir / "samples" / f.name)
         if rows and np.load(work / "ref.npy").shape[1] == 1:        # grayscale: a grid of the first solver
             first = [r for r in rows if r["solver"] == rows[0]["solver"]]
-            grid = [np.load(work / "ref.npy")]
+            grid = [refs[rows[0]["solver"] in GUIDED]]                 # the first solver's own reference
             for r in first:
                 tag = f"{r['solver']}-{r['steps']}"
                 grid += [np.load(work / f"{tag}-base.npy"), np.load(work / f"{tag}-iia.npy")]
