@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_eval(sub) -> None:
     """pardiff train (pardiff/train.py) and pardiff eval (pardiff/quality.py); docs/reproduction.md."""
-    from .train import TrainConfig
+    from .train import CLASS_DROP, TrainConfig
     d = TrainConfig(out="")
     tr = sub.add_parser("train", help="train a small DDPM (UNet2DModel; pixel space, or latent with --vae-channels) "
                                       "on data that ships offline",
@@ -250,7 +250,7 @@ def _add_train_eval(sub) -> None:
                     help="class-conditional on the data's labels (lfw: 0 non-face, 1 face), for classifier-free "
                          "guidance (run --class-label C --guidance W)")
     tr.add_argument("--class-drop", type=float,
-                    help="with --classes: the fraction of labels trained as the null class (default 0.1)")
+                    help=f"with --classes: the fraction of labels trained as the null class (default {CLASS_DROP})")
     tr.add_argument("--out", required=True, help="FOLDER for the diffusers model (loadable with --model FOLDER)")
     tr.add_argument("--log", help="FILE.json: loss curve, wall time, device, versions")
     lat = tr.add_argument_group("latent diffusion (docs/reproduction.md, lfw-ldm)")

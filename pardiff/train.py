@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from .config import ConfigError, check_folder_of, check_output
 from .data import DATASETS   # torch is imported only when training: the parser imports this module
 
+CLASS_DROP = 0.1    # --class-drop's default: the usual rate (Ho & Salimans train with 0.1 or 0.2)
+
 
 @dataclass
 class TrainConfig:
@@ -55,7 +57,7 @@ class TrainConfig:
     vae_steps: int = 2000
     kl_weight: float = 1e-6
     classes: bool = False                # class-conditional on the data set's labels, with a null class
-    class_drop: float | None = None      # with classes: the fraction of labels trained as the null class (0.1)
+    class_drop: float | None = None      # with classes: the fraction of labels trained as the null class (CLASS_DROP)
 
     def channel_list(self) -> list[int]:
         return [int(c) for c in self.channels.split(",")]
@@ -111,7 +113,7 @@ class TrainConfig:
         if self.class_drop is not None and not self.classes:
             raise ConfigError("--class-drop", "only with --classes (a class-conditional model)")
         if self.classes and self.class_drop is None:
-            self.class_drop = 0.1                        # the usual rate (Ho & Salimans train with 0.1 or 0.2)
+            self.class_drop = CLASS_DROP
         if self.classes and not 0 < self.class_drop < 1:
             raise ConfigError("--class-drop", f"a fraction in (0, 1): some labels must train the null class; "
                                               f"got {self.class_drop}")

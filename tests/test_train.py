@@ -42,7 +42,7 @@ def test_train_tiny_loads_and_is_deterministic(tmp_path):
 
 def test_train_tiny_class_conditional(tmp_path):
     """--classes: a UNet with one embedding per label and a marked null class, which pardiff loads as
-    class-conditional (labels 0 face / 1 … as the data's, -1 the null class) and samples with guidance."""
+    class-conditional (labels as the data's, 0 non-face / 1 face, -1 the null class) and samples with guidance."""
     pytest.importorskip("skimage")
     log = train(TrainConfig(out=str(tmp_path / "c"), classes=True, **TINY))
     assert log["classes"] == 2 and log["unet"]["num_class_embeds"] == 3 and log["config"]["class_drop"] == 0.1
