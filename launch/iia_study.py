@@ -6,14 +6,17 @@ For each solver and NFE budget: fit the step sizes (``pardiff fit-iia`` on --ran
 sampler, and measure the RMS distance of each sample to the probability-flow solution from the
 same initial noise (DDIM with --reference-steps steps, 1000 by default): over all test samples, their
 median, and how many end more than --far away (on another image, not merely less accurate). With --eval,
-also ``pardiff eval --reference lfw`` of every sample set (KID, NIQE-LFW, sharpness: the FID-like view).
+also ``pardiff eval --reference lfw`` (or --eval-reference) of every sample set (KID, NIQE-LFW, sharpness, the
+rate of samples of the class a classifier expects: the FID-like view).
 Writes results.json and table.md to --out-dir. --nfe keeps only some NFE budgets. The guided solvers (ddim-cfg:
-IIA-DDIM's Eq. 8; dpmsolver++-cfg: IIA-DPM-Solver++ on the guided ε̈) need a class-conditional model (gmm, lfw-32-cfg):
+IIA-DDIM's Eq. 8; dpmsolver++-cfg: IIA-DPM-Solver++ on the guided ε̈) need a class-conditional model (gmm, lfw-32-cfg, digits-32-cfg):
 their test samples are drawn for --class-label with guidance --guidance, their reference is guided DDIM-1000.
 
     python3 launch/iia_study.py --out-dir traces/results/<date>_cpu_iia
     python3 launch/iia_study.py --model lfw-32 --solvers ddim --fit-batch 32 --test-batch 16 --b-sweep --out-dir DIR   # bare --b-sweep: no |B| sweep
     python3 launch/iia_study.py --model lfw-32-cfg --solvers ddim-cfg --class-label 1 --guidance 2 --b-sweep --eval --out-dir DIR
+    python3 launch/iia_study.py --model digits-32-cfg --solvers ddim-cfg --class-label 3 --guidance 4 --b-sweep --eval \
+        --eval-reference digits:3 --out-dir DIR
 """
 from __future__ import annotations
 
@@ -75,9 +78,10 @@ def main(argv=None) -> int:
                     help="the class the guided test samples are drawn for (default %(default)s, a gmm component; "
                          "lfw-32-cfg: 1 face, 0 non-face)")
     ap.add_argument("--eval", action="store_true",
-                    help="also pardiff eval --reference lfw every sample set (a model of LFW's 32x32 images)")
-    ap.add_argument("--eval-reference", default="lfw", choices=("lfw", "lfw-faces"),
-                    help="--eval's reference (default %(default)s; lfw-faces for samples guided to the face class)")
+                    help="also pardiff eval every sample set against --eval-reference (a model of its images)")
+    ap.add_argument("--eval-reference", default="lfw",
+                    help="--eval's reference (default %(default)s; lfw-faces for samples guided to the face class, "
+                         "digits:D for digits guided to D)")
     args = ap.parse_args(argv)
     if shutil.which("mpiexec") is None:
         raise SystemExit("no mpiexec on PATH (pip install -e '.[mpich]')")
@@ -163,9 +167,11 @@ def main(argv=None) -> int:
             [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
         pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
-        quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "face_rate": m["face_rate"],
-                            "sharpness": m["sharpness"]["mean"], "niqe_lfw": m["niqe_lfw"]["mean"],
-                            "niqe_lfw_se": m["niqe_lfw"]["se"], "niqe_lfw_set": m["niqe_lfw"]["set"]}
+        # the class rate: of faces (lfw) or of the digit D (digits:D); NIQE-LFW only against LFW
+        quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "sharpness": m["sharpness"]["mean"],
+                            **{k: m[k] for k in ("face_rate", "class_rate") if k in m},
+                            **({"niqe_lfw": m["niqe_lfw"]["mean"], "niqe_lfw_se": m["niqe_lfw"]["se"],
+                                "niqe_lfw_set": m["niqe_lfw"]["set"]} if "niqe_lfw" in m else {})}
                    for f, m in files.items()}
 
     save(quality)
@@ -185,23 +191,30 @@ def main(argv=None) -> int:
                      f"| {r['error_iia']:.4f} ({r['error_iia_median']:.4f}; {r['far_iia']} of {n}) |")
     if quality:
         q = quality
-        lines += ["", f"pardiff eval --reference {args.eval_reference} of each set (KID ± spread over halves; NIQE-LFW per image ± SE "
-                  "(set)); the reference: " + f"KID {q['ref']['kid']:.3f}, NIQE-LFW {q['ref']['niqe_lfw']:.2f} "
-                  f"({q['ref']['niqe_lfw_set']:.2f}), sharpness {q['ref']['sharpness']:.4f}, face rate "
-                  f"{q['ref']['face_rate']:.3f}" + ("" if "ref-cfg" not in q else
-                  f"; the guided reference: KID {q['ref-cfg']['kid']:.3f}, NIQE-LFW {q['ref-cfg']['niqe_lfw']:.2f} "
-                  f"({q['ref-cfg']['niqe_lfw_set']:.2f}), sharpness {q['ref-cfg']['sharpness']:.4f}, face rate "
-                  f"{q['ref-cfg']['face_rate']:.3f}"), "",
-                  "| solver | NFE | KID base | KID IIA | NIQE-LFW base | NIQE-LFW IIA | sharpness base / IIA "
-                  "| face rate base / IIA |",
-                  "|---|---|---|---|---|---|---|---|"]
+        rate = next((k for k in ("face_rate", "class_rate") if k in q["ref"]), None)
+        niqe = "niqe_lfw" in q["ref"]
+
+        def summary(m) -> str:
+            return ", ".join([f"KID {m['kid']:.3f}"] + ([f"NIQE-LFW {m['niqe_lfw']:.2f} ({m['niqe_lfw_set']:.2f})"]
+                             if niqe else []) + [f"sharpness {m['sharpness']:.4f}"]
+                             + ([f"{rate.replace('_', ' ')} {m[rate]:.3f}"] if rate else []))
+
+        lines += ["", f"pardiff eval --reference {args.eval_reference} of each set (KID ± spread over halves"
+                  + ("; NIQE-LFW per image ± SE (set)" if niqe else "") + "); the reference: " + summary(q["ref"])
+                  + ("" if "ref-cfg" not in q else "; the guided reference: " + summary(q["ref-cfg"])), "",
+                  "| solver | NFE | KID base | KID IIA | " + ("NIQE-LFW base | NIQE-LFW IIA | " if niqe else "")
+                  + "sharpness base / IIA |" + (f" {rate.replace('_', ' ')} base / IIA |" if rate else ""),
+                  "|---|---|---|---|" + ("---|---|" if niqe else "") + "---|" + ("---|" if rate else "")]
         for r in rows:
             b, i = q[f"{r['solver']}-{r['steps']}-base"], q[f"{r['solver']}-{r['steps']}-iia"]
-            lines.append(f"| {label(r)} vs {r['base']} | {r['nfe']} | {b['kid']:.3f} ± {b['kid_subset_std']:.3f} "
-                         f"| {i['kid']:.3f} ± {i['kid_subset_std']:.3f} | {b['niqe_lfw']:.2f} ± {b['niqe_lfw_se']:.2f} "
-                         f"({b['niqe_lfw_set']:.2f}) | {i['niqe_lfw']:.2f} ± {i['niqe_lfw_se']:.2f} "
-                         f"({i['niqe_lfw_set']:.2f}) | {b['sharpness']:.4f} / {i['sharpness']:.4f} "
-                         f"| {b['face_rate']:.3f} / {i['face_rate']:.3f} |")
+            cells = [label(r) + f" vs {r['base']}", str(r["nfe"]), f"{b['kid']:.3f} ± {b['kid_subset_std']:.3f}",
+                     f"{i['kid']:.3f} ± {i['kid_subset_std']:.3f}"]
+            if niqe:
+                cells += [f"{m['niqe_lfw']:.2f} ± {m['niqe_lfw_se']:.2f} ({m['niqe_lfw_set']:.2f})" for m in (b, i)]
+            cells.append(f"{b['sharpness']:.4f} / {i['sharpness']:.4f}")
+            if rate:
+                cells.append(f"{b[rate]:.3f} / {i[rate]:.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
     if sweep:
         base10 = next((r["error_base"] for r in rows if r["solver"] == "ddim" and r["nfe"] == 10), None)
         lines += ["", f"IIA-DDIM at NFE 10 against |B| (DDIM-10's RMS error: {base10})", "",

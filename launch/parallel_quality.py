@@ -146,8 +146,8 @@ def main(argv=None) -> int:
                 "--report", str(Path(tmp) / "eval.json"), cwd=Path(tmp))
         report = json.loads((Path(tmp) / "eval.json").read_text())
     metrics = {t: report["files"][f"{t}.npy"] for t in tags}
-    from pardiff.quality import LfwReference
-    net = LfwReference().net
+    from pardiff.quality import DataReference
+    net = DataReference("lfw").net
     seq = samples["ddim-30"]
     errors, diffs = {}, {}
     for t in tags[1:]:

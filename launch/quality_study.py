@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     metrics = {t: report["files"][f"{t}.npy"] for t in tags}
 
     samples = {t: np.load(work / f"{t}.npy") for t in tags}
-    from pardiff.quality import LfwReference
-    net = LfwReference().net                    # the same seeded classifier pardiff eval used
+    from pardiff.quality import DataReference
+    net = DataReference("lfw").net                   # the same seeded classifier pardiff eval used
     diffs = {tag: paired(samples[tag], samples[f"ddpm-{n}-B"], net) for tag, n, _, _ in runs
              if not tag.endswith("-B")}
 

@@ -163,8 +163,8 @@ def main(argv=None) -> int:
     if decoder is not None:                     # latents -> the images every statistic and grid is about
         from pardiff.quality import decode_latents
         samples = {t: decode_latents(t, x, decoder) for t, x in samples.items()}
-    from pardiff.quality import LfwReference, niqe_features, niqe_scores, to_unit
-    lfw = LfwReference()
+    from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
+    lfw = DataReference("lfw")
     net = lfw.net                               # the same seeded classifier pardiff eval used
     niqe = {t: niqe_scores(lfw.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
     diffs = {}

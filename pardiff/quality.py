@@ -12,6 +12,9 @@ pixels at or beyond the range ends (saturated). Against a reference:
   training image (memorisation shows as a small one);
 - ``lfw-faces``: the same, against the 100 faces only (the same classifier, trained on all 200):
   the reference for samples drawn for the face class of a class-conditional model (lfw-32-cfg);
+- ``digits`` / ``digits:D``: the same against the 1797 handwritten digits (or digit D's), with a
+  ten-digit classifier: per sample set the digits it sees (``class_counts``) and, against digit D,
+  the fraction of samples it calls D (``class_rate``: how well guidance to D lands); no NIQE;
 - ``gmm`` / ``gmm:CxHxW``: the exact mean log-likelihood under the mixture, beside that of
   exact samples of it.
 
@@ -34,7 +37,10 @@ import torch.nn.functional as F
 ATTRIBUTES = ("brightness", "contrast", "sharpness", "colourfulness", "saturated")
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
-FEATURE_SIZE = 32              # the classifier's input size; samples of another size are resized to it
+# per reference data set, the classifier's input size (samples are resized to it) and training steps:
+# the digits are 8x8 drawings, and at 16x16 the net's receptive field spans a digit (98 % held out
+# after 2000 steps; at 32x32, 94 %)
+FEATURE_NETS = {"lfw": (32, 400), "digits": (16, 2000)}
 
 
 class EvalError(ValueError):
@@ -186,49 +192,62 @@ def kid_subset_std(fx: torch.Tensor, fy: torch.Tensor, repeats: int = 50, seed: 
 # ---------------------------------------------------------------------------------------------
 
 class FeatureNet(torch.nn.Module):
-    """Three conv layers, global average pooling: 64 features; a linear face logit on top."""
+    """Three conv layers, global average pooling: 64 features; a linear head on top (one logit for
+    two classes, else one per class)."""
 
-    def __init__(self):
+    def __init__(self, outputs: int = 1):
         super().__init__()
         self.convs = torch.nn.Sequential(
             torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU())
-        self.head = torch.nn.Linear(64, 1)
+        self.head = torch.nn.Linear(64, outputs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(x).mean((2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))[:, 0]
+        out = self.head(self.features(x))
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted class of each image."""
+        out = self(x)
+        return (out > 0).long() if out.ndim == 1 else out.argmax(1)
 
 
-def train_feature_net(images: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 400):
-    """Train on 80 % of the images (a fixed split), report accuracy on the other 20 %.
+def train_feature_net(images: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 400,
+                      mirrored: bool = True):
+    """Train on 80 % of the images (a fixed split), report accuracy on the other 20 %. Two classes:
+    one logit and binary cross-entropy; more: softmax cross-entropy. ``mirrored``: random flips.
 
     Everything is seeded and on the CPU, so every ``pardiff eval`` measures with the same net.
     Returns (net, held-out accuracy).
     """
+    classes = int(labels.max()) + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(images), generator=g)
         n_test = len(images) // 5
         test, train = order[:n_test], order[n_test:]
-        net = FeatureNet()
+        net = FeatureNet(1 if classes <= 2 else classes)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
         for _ in range(steps):
             idx = train[torch.randint(len(train), (64,), generator=g)]
             x = images[idx]
             flip = torch.rand(len(idx), generator=g) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.binary_cross_entropy_with_logits(net(x), labels[idx].float())
+            if mirrored:
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            out = net(x)
+            loss = F.binary_cross_entropy_with_logits(out, labels[idx].float()) if out.ndim == 1 \
+                else F.cross_entropy(out, labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
     net.eval().requires_grad_(False)
     with torch.no_grad():
-        accuracy = float(((net(images[test]) > 0).long() == labels[test]).double().mean())
+        accuracy = float((net.classify(images[test]) == labels[test]).double().mean())
     return net, accuracy
 
 
@@ -238,43 +257,93 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-class LfwReference:
-    """The LFW images (``faces_only``: the faces), the feature net trained on all of them, and the
-    reference images' features (standardised)."""
+def parse_reference(reference: str) -> tuple[str, int | None]:
+    """``lfw`` / ``lfw-faces`` / ``digits`` / ``digits:D`` -> (data set, the class kept or None)."""
+    from .data import CLASS_NAMES
+    name, _, label = reference.partition(":")
+    if name == "lfw-faces" and not label:
+        return "lfw", 1
+    if name == "lfw" and not label:
+        return "lfw", None
+    if name == "digits":
+        if not label:
+            return "digits", None
+        if label.isdigit() and int(label) < len(CLASS_NAMES["digits"]):
+            return "digits", int(label)
+        raise EvalError("--reference", f"digits:D takes one digit D in 0..9; got {reference!r}")
+    raise EvalError("--reference", f"none, lfw, lfw-faces, digits, digits:D, gmm or gmm:CxHxW; got {reference!r}")
 
-    def __init__(self, faces_only: bool = False):
-        from .data import load_dataset
+
+class DataReference:
+    """A data set's images (``label``: one class's), the feature net trained on all of them, and the
+    reference images' features (standardised by all the images' statistics, whichever the reference
+    set: one feature space). ``lfw``: face / non-face; ``digits``: the ten digits."""
+
+    def __init__(self, data: str, label: int | None = None):
+        from .data import MIRRORED, load_dataset
+        self.size, steps = FEATURE_NETS[data]
         try:
-            images, labels = load_dataset("lfw", FEATURE_SIZE)
+            images, labels = load_dataset(data, self.size)
         except ValueError as e:
             raise EvalError("--reference", e) from None
-        self.net, self.accuracy = train_feature_net(images, labels)
-        keep = labels == 1 if faces_only else torch.ones_like(labels, dtype=torch.bool)
+        self.data, self.label, self.mirrored = data, label, MIRRORED[data]
+        self.classes = int(labels.max()) + 1
+        self.net, self.accuracy = train_feature_net(images, labels, steps=steps, mirrored=self.mirrored)
+        keep = labels == label if label is not None else torch.ones_like(labels, dtype=torch.bool)
         self.images = images[keep]
+        self._at_size = {self.size: torch.cat([self.images, self.images.flip(-1)]) if self.mirrored else self.images}
         with torch.no_grad():
             f = self.net.features(images).double()
-        # standardised by all 200 images' statistics, whichever the reference set: one feature space
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
         self.features = (f[keep] - self.mean) / self.std
-        self.niqe = niqe_model(niqe_features(to_unit(self.images)))     # the LFW images as the pristine set
+        # NIQE's natural-scene statistics fit photographs; the digits are 8x8 drawings magnified, whose
+        # statistics are the interpolation's
+        self.niqe = niqe_model(niqe_features(to_unit(self.images))) if data == "lfw" else None
+
+    def describe(self) -> dict:
+        what = {"lfw": "face / non-face CNN on LFW", "digits": "ten-digit CNN on the handwritten digits"}[self.data]
+        return {"what": f"{what} (pardiff/quality.py), 64 features, seed 0", "input_size": self.size,
+                "held_out_accuracy": self.accuracy, "reference_images": len(self.images)}
+
+    def training_images(self, size: int) -> torch.Tensor:
+        """The reference images at ``size`` (and their mirror images where the data set has them)."""
+        from .data import load_dataset
+        if size not in self._at_size:
+            images, labels = load_dataset(self.data, size)
+            images = images[labels == self.label] if self.label is not None else images
+            self._at_size[size] = torch.cat([images, images.flip(-1)]) if self.mirrored else images
+        return self._at_size[size]
 
     def metrics(self, x: torch.Tensor) -> dict:
-        """KID, its spread, the face rate and the nearest-training-image distance of samples x."""
-        x = _resize(x.float().clamp(-1, 1), FEATURE_SIZE)
+        """KID and its spread and the classes the net sees (at the net's input size), the RMS distance
+        to the nearest training image (at the samples' size if square) of samples x, and NIQE-LFW for LFW.
+        LFW: ``face_rate``; digits: ``class_counts`` (per digit) and, against one digit, ``class_rate``
+        (the fraction the net calls that digit)."""
+        x = x.float().clamp(-1, 1)
+        size = x.shape[-1] if x.shape[-1] == x.shape[-2] else self.size     # the training images are square
+        flat = _resize(x, size).flatten(1).double()
+        train = self.training_images(size).flatten(1).double()
+        nearest = torch.cdist(flat, train).min(1).values / math.sqrt(flat.shape[1])
+        x = _resize(x, self.size)
         with torch.no_grad():
             f = (self.net.features(x).double() - self.mean) / self.std
-            face = (self.net(x) > 0).double()
-        flat = x.flatten(1).double()
-        train = torch.cat([self.images, self.images.flip(-1)]).flatten(1).double()
-        nearest = torch.cdist(flat, train).min(1).values / math.sqrt(flat.shape[1])
-        nf = niqe_features(to_unit(x))
-        per_image, whole = niqe_scores(self.niqe, nf)
-        return {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
-                "face_rate": float(face.mean()), "nearest_train_rms": float(nearest.mean()),
-                "nearest_train_rms_min": float(nearest.min()),
-                "niqe_lfw": {"mean": float(per_image.mean()),
-                             "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
-                             "set": whole, "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}}
+            predicted = self.net.classify(x)
+        out = {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
+               "nearest_train_rms": float(nearest.mean()), "nearest_train_rms_min": float(nearest.min())}
+        if self.data == "lfw":
+            out["face_rate"] = float((predicted == 1).double().mean())
+        else:
+            out["class_counts"] = torch.bincount(predicted, minlength=self.classes).tolist()
+            if self.label is not None:
+                out["class_rate"] = float((predicted == self.label).double().mean())
+        if self.niqe is not None:
+            nf = niqe_features(to_unit(x))
+            per_image, whole = niqe_scores(self.niqe, nf)
+            out["niqe_lfw"] = {"mean": float(per_image.mean()),
+                               "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
+                               "set": whole,
+                               "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +483,7 @@ def gmm_loglik(x: torch.Tensor, spec: str) -> dict:
 
 def _check_reference(reference: str) -> None:
     from .models import check_model_spec
-    if reference in ("none", "lfw", "lfw-faces"):
+    if reference == "none":
         return
     if reference.startswith("gmm"):
         try:
@@ -422,7 +491,7 @@ def _check_reference(reference: str) -> None:
             return
         except ValueError as e:
             raise EvalError("--reference", e) from None
-    raise EvalError("--reference", f"none, lfw, lfw-faces, gmm or gmm:CxHxW; got {reference!r}")
+    parse_reference(reference)
 
 
 def evaluate(paths: list[str], reference: str = "none", decode: str | None = None) -> dict:
@@ -431,13 +500,14 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
     _check_reference(reference)
     decoder = load_decoder(decode) if decode else None
     samples = {path: load_samples(path, decoder) for path in paths}
-    lfw = None
-    if reference in ("lfw", "lfw-faces"):
+    data = None
+    if reference != "none" and not reference.startswith("gmm"):
+        name, label = parse_reference(reference)
         bad = [p for p, x in samples.items() if x.shape[1] != 1]
         if bad:
-            raise EvalError("--reference", f"the LFW images are grayscale; {bad[0]!r} has "
-                                           f"{samples[bad[0]].shape[1]} channels")
-        lfw = LfwReference(faces_only=reference == "lfw-faces")
+            raise EvalError("--reference", f"the {({'lfw': 'LFW', 'digits': 'digit'})[name]} images are grayscale; "
+                                           f"{bad[0]!r} has {samples[bad[0]].shape[1]} channels")
+        data = DataReference(name, label)
     files = {}
     for path, x in samples.items():
         entry = {"n": len(x), "shape": list(x.shape[1:])}
@@ -445,23 +515,22 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
             n = len(values)
             entry[name] = {"mean": float(values.mean()), "std": float(values.std()) if n > 1 else 0.0,
                            "se": float(values.std() / math.sqrt(n)) if n > 1 else 0.0}
-        if lfw is not None:
-            entry.update(lfw.metrics(x))
+        if data is not None:
+            entry.update(data.metrics(x))
         elif reference.startswith("gmm"):
             entry.update(gmm_loglik(x, reference))
         files[path] = entry
     report = {"reference": reference, "files": files}
     if decode:
         report["decoded_with"] = decode
-    if lfw is not None:
-        report["feature_net"] = {"what": "face / non-face CNN on LFW (pardiff/quality.py), 64 features, seed 0",
-                                 "held_out_accuracy": lfw.accuracy, "reference_images": len(lfw.images)}
+    if data is not None:
+        report["feature_net"] = data.describe()
     return report
 
 
 def format_table(report: dict) -> str:
     """One line per samples file: the attribute means (± standard error) and the distances."""
-    extra = [k for k in ("kid", "face_rate", "nearest_train_rms", "niqe_lfw", "loglik_per_dim")
+    extra = [k for k in ("kid", "face_rate", "class_rate", "nearest_train_rms", "niqe_lfw", "loglik_per_dim")
              if any(k in e for e in report["files"].values())]
     head = ["file", "n", *ATTRIBUTES, *extra]
     rows = [head]
@@ -473,5 +542,6 @@ def format_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     if "feature_net" in report:
-        lines.append(f"feature net: held-out face / non-face accuracy {report['feature_net']['held_out_accuracy']:.3f}")
+        lines.append(f"feature net ({report['feature_net']['what']}): held-out accuracy "
+                     f"{report['feature_net']['held_out_accuracy']:.3f}")
     return "\n".join(lines)

@@ -6,10 +6,10 @@ run on it exactly as on the published DDPM checkpoints. The output folder is wha
 ``save_pretrained`` writes plus ``scheduler_config.json`` beside it, which is where
 ``load_pretrained`` looks for the schedule: ``--model FOLDER`` loads it.
 
-With ``--classes`` the UNet is class-conditional on the data set's labels (``lfw``: face / non-face)
-for classifier-free guidance (Ho & Salimans 2022): one more class embedding, the null class, stands
-in for the label of a ``--class-drop`` fraction of each batch, so the one network predicts both
-ε(x, t, c) and ε(x, t, ∅). The folder's config marks the null class (``_pardiff_null_class``:
+With ``--classes`` the UNet is class-conditional on the data set's labels (``lfw``: face /
+non-face; ``digits``: 0–9) for classifier-free guidance (Ho & Salimans 2022): one more class
+embedding, the null class, stands in for the label of a ``--class-drop`` fraction of each batch,
+so the one network predicts both ε(x, t, c) and ε(x, t, ∅). The folder's config marks the null class (``_pardiff_null_class``:
 models/hub.py reads it).
 
 With ``--vae-channels`` it trains a latent diffusion model (Rombach et al. 2022) instead: first a
@@ -18,9 +18,10 @@ autoencoders, without their perceptual and adversarial losses), then the UNet wi
 its latents, scaled to unit variance (the VAE's ``scaling_factor``). The folder is a pipeline:
 ``model_index.json`` (diffusers' ``LDMPipeline``), ``unet/``, ``vqvae/`` and ``scheduler/``.
 
-Every random draw (batch indices, flips, t, noise) comes from one CPU generator seeded by
-``--seed``, so the data stream is the same on any device; the weights come out the same bit
-for bit on the CPU, and on a GPU up to CUDA's non-deterministic kernels.
+Images are flipped left to right at random where a mirror image is still one of the data
+(``lfw``; not ``digits``). Every random draw (batch indices, flips, t, noise) comes from one CPU
+generator seeded by ``--seed``, so the data stream is the same on any device; the weights come out
+the same bit for bit on the CPU, and on a GPU up to CUDA's non-deterministic kernels.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .config import ConfigError, check_folder_of, check_output
-from .data import DATASETS   # torch is imported only when training: the parser imports this module
+from .data import DATASETS, MIRRORED   # torch is imported only when training: the parser imports this module
 
 CLASS_DROP = 0.1    # --class-drop's default: the usual rate (Ho & Salimans train with 0.1 or 0.2)
 
@@ -274,8 +275,8 @@ def train(cfg: TrainConfig) -> dict:
 
     vae = vae_log = None
     if cfg.vae_channels:
-        # the autoencoder sees every image and its mirror image; the UNet draws latents from its posterior
-        images = torch.cat([data, data.flip(-1)])
+        # the autoencoder sees every image (and its mirror image); the UNet draws latents from its posterior
+        images = torch.cat([data, data.flip(-1)]) if MIRRORED[cfg.data] else data
         vae, posterior, vae_log = _train_vae(cfg, images, device, gen)
         mean, std = posterior.mean.detach(), posterior.std.detach()
         scale = 1.0 / float(mean.std())                  # latents of unit variance, as Stable Diffusion's 0.18215
@@ -309,6 +310,7 @@ def train(cfg: TrainConfig) -> dict:
     def loss_fn(step):
         idx = torch.randint(len(data), (cfg.batch,), generator=gen)
         flip = torch.rand(cfg.batch, generator=gen) < 0.5
+        flip &= MIRRORED[cfg.data]                       # drawn either way: every data set has the same stream
         t = torch.randint(0, T, (cfg.batch,), generator=gen)
         idx, flip, t = (v.to(device, non_blocking=True) for v in (idx, flip, t))
         x0 = clean_batch(idx, flip)

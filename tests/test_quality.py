@@ -120,6 +120,27 @@ def test_evaluate_lfw_faces_reference(tmp_path):
     assert f["face_rate"] == both["files"][paths[0]]["face_rate"]
 
 
+def test_evaluate_digits_reference(tmp_path):
+    """--reference digits:D: a ten-digit classifier; training 3s are 3s, at distance 0 and nearer in
+    KID to the 3s than 7s are; against all digits each set is counted per digit."""
+    pytest.importorskip("sklearn")
+    from pardiff.data import load_dataset
+    data, labels = load_dataset("digits", 32)
+    assert data.shape == (1797, 1, 32, 32) and labels.bincount().min() >= 170 and -1 <= data.min() < data.max() <= 1
+    paths = [str(tmp_path / f) for f in ("threes.npy", "sevens.npy")]
+    np.save(paths[0], data[labels == 3][:60].numpy())
+    np.save(paths[1], data[labels == 7][:60].numpy())
+    three, every = evaluate(paths, "digits:3"), evaluate(paths, "digits")
+    assert three["feature_net"]["held_out_accuracy"] > 0.95 and three["feature_net"]["reference_images"] == 183
+    t, s = (three["files"][p] for p in paths)
+    assert t["class_rate"] > 0.9 and s["class_rate"] < 0.1
+    assert t["nearest_train_rms"] < 1e-6 < s["nearest_train_rms"]
+    assert t["kid"] + 3 * t["kid_subset_std"] < s["kid"]
+    counts = every["files"][paths[1]]["class_counts"]
+    assert len(counts) == 10 and sum(counts) == 60 and counts[7] > 54
+    assert "class_rate" not in every["files"][paths[1]] and "niqe_lfw" not in t
+
+
 def test_evaluate_gmm(tmp_path):
     from pardiff.models import load_model
     mixture = load_model("gmm:1x4x4")
@@ -152,9 +173,12 @@ def test_eval_cli(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.npy"], "SAMPLES: 'missing.npy' does not exist"),
-    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, gmm or gmm:CxHxW"),
+    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, digits, digits:D, gmm or gmm:CxHxW"),
+    (["a.npy", "--reference", "digits:12"], "--reference: digits:D takes one digit D in 0..9"),
+    (["a.npy", "--reference", "lfw:1"], "--reference: none, lfw"),
     (["a.npy", "--reference", "gmm:0x4x4"], "--reference: gmm shape must be positive"),
     (["rgb.npy", "--reference", "lfw"], "--reference: the LFW images are grayscale"),
+    (["rgb.npy", "--reference", "digits:4"], "--reference: the digit images are grayscale"),
     (["a.npy", "--reference", "gmm"], "--reference: gmm has shape (3, 32, 32)"),
     (["a.npy", "--report", "no/such/r.json"], "no/such' does not exist"),
     (["a.npy", "--report", "r.txt"], "--report: must end in .json"),

@@ -67,6 +67,37 @@ def test_train_tiny_class_conditional(tmp_path):
     assert r.returncode != 0 and "--class-label" in r.stderr and "classes 0..1" in r.stderr
 
 
+def test_train_tiny_on_ten_digit_classes(tmp_path):
+    """--data digits --classes: ten classes and the null class 10; --class-label is checked against them."""
+    pytest.importorskip("sklearn")
+    log = train(TrainConfig(out=str(tmp_path / "d"), classes=True, **dict(TINY, data="digits")))
+    assert log["classes"] == 10 and log["unet"]["num_class_embeds"] == 11 and log["images"] == 1797
+    model = load_model(str(tmp_path / "d"))
+    assert model.num_classes == 10
+    out = tmp_path / "s.npy"
+    pardiff(1, "run", "sequential", "--model", str(tmp_path / "d"), "--sampler", "ddim", "--steps", "3",
+            "--class-label", "9", "--guidance", "3", "--batch", "2", "--out", str(out), cwd=tmp_path)
+    assert np.load(out).shape == (2, 1, 16, 16)
+    r = pardiff(1, "run", "sequential", "--model", str(tmp_path / "d"), "--steps", "3", "--class-label", "10",
+                cwd=tmp_path, check=False)
+    assert r.returncode != 0 and "classes 0..9" in r.stderr
+
+
+def test_digits_are_not_mirrored(tmp_path, monkeypatch):
+    """A mirrored digit is no digit: training on digits draws the flips (the stream stays the data
+    sets' common one) but applies none: with mirroring switched on the same seed trains other weights."""
+    pytest.importorskip("sklearn")
+    import pardiff.train
+    from pardiff.data import MIRRORED
+    assert MIRRORED == {"lfw": True, "lfw-faces": True, "digits": False}
+    cfg = dict(TINY, data="digits", steps=3)
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), **cfg))
+    monkeypatch.setitem(pardiff.train.MIRRORED, "digits", True)
+    mirrored = train(TrainConfig(out=str(tmp_path / "mirrored"), **cfg))
+    a, b = load_model(str(tmp_path / "plain")), load_model(str(tmp_path / "mirrored"))
+    assert any(not torch.equal(p, q) for p, q in zip(a.module.parameters(), b.module.parameters()))
+
+
 def test_class_conditional_unet_without_null_class_refused(tmp_path):
     """A class-conditional UNet2DModel from elsewhere has no known unconditional class: refused by name."""
     from diffusers import UNet2DModel
