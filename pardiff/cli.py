@@ -252,6 +252,10 @@ def _add_train_eval(sub) -> None:
                          "guidance (run --class-label C --guidance W)")
     tr.add_argument("--class-drop", type=float,
                     help=f"with --classes: the fraction of labels trained as the null class (default {CLASS_DROP})")
+    tr.add_argument("--clip-sample", default=d.clip_sample,
+                    help="the saved scheduler's clip_sample, the clamp of x̂0 to [-1, 1] when sampling: auto (default: "
+                         "on for images, as DDPMScheduler's default; off for latents) | on | off (digits-32-cfg: "
+                         "guidance with the clamp collapses, docs/reproduction.md)")
     tr.add_argument("--out", required=True, help="FOLDER for the diffusers model (loadable with --model FOLDER)")
     tr.add_argument("--log", help="FILE.json: loss curve, wall time, device, versions")
     lat = tr.add_argument_group("latent diffusion (docs/reproduction.md, lfw-ldm)")

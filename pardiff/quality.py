@@ -283,9 +283,11 @@ class DataReference:
         from .data import MIRRORED, load_dataset
         self.size, steps = FEATURE_NETS[data]
         try:
-            images, labels = load_dataset(data, self.size)
+            # at the models' 32x32, then resized as the samples are: the net sees both through one filter
+            images, labels = load_dataset(data, 32)
         except ValueError as e:
             raise EvalError("--reference", e) from None
+        images = _resize(images, self.size)
         self.data, self.label, self.mirrored = data, label, MIRRORED[data]
         self.classes = int(labels.max()) + 1
         self.net, self.accuracy = train_feature_net(images, labels, steps=steps, mirrored=self.mirrored)

@@ -25,6 +25,7 @@ the same bit for bit on the CPU, and on a GPU up to CUDA's non-deterministic ker
 """
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import platform
@@ -59,6 +60,7 @@ class TrainConfig:
     kl_weight: float = 1e-6
     classes: bool = False                # class-conditional on the data set's labels, with a null class
     class_drop: float | None = None      # with classes: the fraction of labels trained as the null class (CLASS_DROP)
+    clip_sample: str = "auto"            # the saved scheduler's x̂_0 clamp: auto (on for images, off for latents) | on | off
 
     def channel_list(self) -> list[int]:
         return [int(c) for c in self.channels.split(",")]
@@ -120,6 +122,11 @@ class TrainConfig:
                                               f"got {self.class_drop}")
         if self.classes and self.data == "lfw-faces":
             raise ConfigError("--classes", "lfw-faces has one class (faces): train on --data lfw (faces and non-faces)")
+        if self.clip_sample not in ("auto", "on", "off"):
+            raise ConfigError("--clip-sample", f"auto, on or off; got {self.clip_sample!r}")
+        if self.clip_sample == "on" and self.vae_channels:
+            raise ConfigError("--clip-sample", "latents are not bounded to [-1, 1]: a latent model's scheduler does "
+                                               "not clamp x̂_0")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError("--save-dtype", f"float32 or float16; got {self.save_dtype!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -268,7 +275,8 @@ def train(cfg: TrainConfig) -> dict:
     data, labels = load_dataset(cfg.data, cfg.size)
     data, labels = data.to(device), labels.to(device)
     classes = int(labels.max()) + 1 if cfg.classes else 0      # the null class is index `classes`
-    sched = scheduler(clip_sample=not cfg.vae_channels)
+    # the clamp only matters when sampling (the ε-loss never sees it); it is saved with the model
+    sched = scheduler(clip_sample=cfg.clip_sample == "on" or (cfg.clip_sample == "auto" and not cfg.vae_channels))
     alpha_bar = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     T = len(alpha_bar)
     gen = torch.Generator().manual_seed(cfg.seed + 1)    # the data stream
@@ -361,9 +369,9 @@ def _versions(diffusers_version: str) -> dict:
     import torch
     versions = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers_version,
                 "numpy": numpy.__version__, "cuda": torch.version.cuda}
-    try:
-        import skimage
-        versions["scikit-image"] = skimage.__version__
-    except ImportError:
-        pass
+    for package in ("scikit-image", "scikit-learn"):     # the data sets' sources
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return versions

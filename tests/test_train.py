@@ -1,5 +1,5 @@
 """pardiff train: a tiny CPU run gives a folder --model loads (pixel space, and latent with an autoencoder);
-the flags' errors; the shipped lfw-32 and lfw-ldm."""
+the flags' errors; the shipped lfw-32, lfw-32-cfg, digits-32-cfg and lfw-ldm."""
 import json
 import math
 from pathlib import Path
@@ -68,12 +68,13 @@ def test_train_tiny_class_conditional(tmp_path):
 
 
 def test_train_tiny_on_ten_digit_classes(tmp_path):
-    """--data digits --classes: ten classes and the null class 10; --class-label is checked against them."""
+    """--data digits --classes: ten classes and the null class 10; --class-label is checked against them;
+    --clip-sample off saves a scheduler without the clamp."""
     pytest.importorskip("sklearn")
-    log = train(TrainConfig(out=str(tmp_path / "d"), classes=True, **dict(TINY, data="digits")))
+    log = train(TrainConfig(out=str(tmp_path / "d"), classes=True, clip_sample="off", **dict(TINY, data="digits")))
     assert log["classes"] == 10 and log["unet"]["num_class_embeds"] == 11 and log["images"] == 1797
     model = load_model(str(tmp_path / "d"))
-    assert model.num_classes == 10
+    assert model.num_classes == 10 and model.schedule.clip is None       # --clip-sample off: no x̂0 clamp
     out = tmp_path / "s.npy"
     pardiff(1, "run", "sequential", "--model", str(tmp_path / "d"), "--sampler", "ddim", "--steps", "3",
             "--class-label", "9", "--guidance", "3", "--batch", "2", "--out", str(out), cwd=tmp_path)
@@ -178,6 +179,8 @@ def test_train_tiny_latent_model(tmp_path):
     (dict(classes=True, class_drop=1.0), "--class-drop"),
     (dict(classes=True, class_drop=0.0), "--class-drop"),
     (dict(classes=True, data="lfw-faces"), "--classes"),
+    (dict(clip_sample="yes"), "--clip-sample"),
+    (dict(TINY_LATENT, clip_sample="on"), "--clip-sample"),
     (dict(device="tpu"), "--device"),
     (dict(log="no/such/folder/log.json"), "--log"),
     (dict(log="log.txt"), "--log"),
@@ -213,6 +216,17 @@ def test_shipped_lfw_32_cfg():
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     face, other, null = (model.eps(x, 600, torch.tensor(c)) for c in (1, 0, -1))
     assert (face - null).abs().mean() > 1e-3 and (face - other).abs().mean() > 1e-3
+
+
+def test_shipped_digits_32_cfg():
+    """The ten-digit model: labels 0..9, the null class behind -1, and guidance that moves ε."""
+    assert "digits-32-cfg" in model_names()
+    model = load_model("digits-32-cfg")
+    assert model.sample_shape == (1, 32, 32) and model.num_classes == 10
+    assert sum(p.numel() for p in model.module.parameters()) == 6472705      # lfw-32 + 11 class embeddings of 256
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    three, seven, null = (model.eps(x, 600, torch.tensor(c)) for c in (3, 7, -1))
+    assert (three - null).abs().mean() > 1e-3 and (three - seven).abs().mean() > 1e-3
 
 
 def test_shipped_lfw_ldm():
