@@ -93,8 +93,10 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     ref_steps = args.reference_steps
-    pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, "--out", "ref.npy", cwd=work)
-    refs = {False: np.load(work / "ref.npy")}
+    refs = {}                           # guided? -> the reference samples; each computed only if a solver needs it
+    if any(name not in GUIDED for name in args.solvers) or args.b_sweep:
+        pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, "--out", "ref.npy", cwd=work)
+        refs[False] = np.load(work / "ref.npy")
     if any(name in GUIDED for name in args.solvers):
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, *guided,
                 "--out", "ref-cfg.npy", cwd=work)
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
 
     quality = {}
     if args.eval:
-        sets = ["ref.npy"] + (["ref-cfg.npy"] if True in refs else []) + \
+        sets = [f for g, f in ((False, "ref.npy"), (True, "ref-cfg.npy")) if g in refs] + \
             [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
         pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
@@ -191,17 +193,19 @@ def main(argv=None) -> int:
                      f"| {r['error_iia']:.4f} ({r['error_iia_median']:.4f}; {r['far_iia']} of {n}) |")
     if quality:
         q = quality
-        rate = next((k for k in ("face_rate", "class_rate") if k in q["ref"]), None)
-        niqe = "niqe_lfw" in q["ref"]
+        first = q.get("ref", q.get("ref-cfg"))
+        rate = next((k for k in ("face_rate", "class_rate") if k in first), None)
+        niqe = "niqe_lfw" in first
 
         def summary(m) -> str:
             return ", ".join([f"KID {m['kid']:.3f}"] + ([f"NIQE-LFW {m['niqe_lfw']:.2f} ({m['niqe_lfw_set']:.2f})"]
                              if niqe else []) + [f"sharpness {m['sharpness']:.4f}"]
                              + ([f"{rate.replace('_', ' ')} {m[rate]:.3f}"] if rate else []))
 
+        refs_line = "; ".join(f"the {what}reference: " + summary(q[k])
+                              for k, what in (("ref", ""), ("ref-cfg", "guided ")) if k in q)
         lines += ["", f"pardiff eval --reference {args.eval_reference} of each set (KID ± spread over halves"
-                  + ("; NIQE-LFW per image ± SE (set)" if niqe else "") + "); the reference: " + summary(q["ref"])
-                  + ("" if "ref-cfg" not in q else "; the guided reference: " + summary(q["ref-cfg"])), "",
+                  + ("; NIQE-LFW per image ± SE (set)" if niqe else "") + "); " + refs_line, "",
                   "| solver | NFE | KID base | KID IIA | " + ("NIQE-LFW base | NIQE-LFW IIA | " if niqe else "")
                   + "sharpness base / IIA |" + (f" {rate.replace('_', ' ')} base / IIA |" if rate else ""),
                   "|---|---|---|---|" + ("---|---|" if niqe else "") + "---|" + ("---|" if rate else "")]
@@ -226,7 +230,7 @@ def main(argv=None) -> int:
         (out_dir / "samples").mkdir(exist_ok=True)
         for f in work.glob("*.npy"):
             shutil.copy(f, out_dir / "samples" / f.name)
-        if rows and np.load(work / "ref.npy").shape[1] == 1:        # grayscale: a grid of the first solver
+        if rows and next(iter(refs.values())).shape[1] == 1:       # grayscale: a grid of the first solver
             first = [r for r in rows if r["solver"] == rows[0]["solver"]]
             grid = [refs[rows[0]["solver"] in GUIDED]]                 # the first solver's own reference
             for r in first:
