@@ -1,0 +1,13 @@
+set -x
+mkdir -p /root/r; trap 'cd /root && tar czf $OUT/res.tgz r' EXIT
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1 OMPI_MCA_hwloc_base_binding_policy=none
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > /root/r/gpu.txt
+grep clip_sample pardiff/models/weights/digits-32-cfg/scheduler_config.json > /root/r/clip.txt
+timeout 560 python3 launch/iia_study.py --model digits-32-cfg --solvers ddim-cfg dpmsolver++-cfg --nfe 10 20 \
+  --class-label 3 --guidance 4 --ranks 1 --fit-batch 16 --test-batch 1024 --b-sweep --eval --eval-reference digits:3 \
+  --keep-samples --out-dir /root/r/study 2>&1 | tee /root/r/study.log
+echo "rc ${PIPESTATUS[0]}" >> /root/r/study.log
+cd /root/r/study && python3 -c "
+import numpy as np, glob
+np.savez_compressed('first32.npz', **{f.split('/')[-1][:-4]: np.load(f)[:32].astype(np.float16) for f in sorted(glob.glob('samples/*.npy'))})" && rm -rf samples
