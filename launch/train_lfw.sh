@@ -4,11 +4,11 @@
 # a short probe to time one step (after warm-up), then about SECONDS (default 300) of training at batch 256,
 # bf16 autocast, on one GPU. Writes OUT/NAME/ (the model folder, NAME default lfw-32), OUT/train.json (the
 # log) and OUT/probe.json; any further flags go to pardiff train (lfw-32-cfg: --classes; digits-32-cfg:
-# --classes --data digits).
+# --classes --data digits --clip-sample off).
 #
 #     launch/train_lfw.sh OUT [SECONDS [NAME [FLAGS...]]]
 #     launch/train_lfw.sh OUT 300 lfw-32-cfg --classes
-#     launch/train_lfw.sh OUT 240 digits-32-cfg --classes --data digits
+#     launch/train_lfw.sh OUT 300 digits-32-cfg --classes --data digits --clip-sample off
 set -euo pipefail
 out=${1:?usage: launch/train_lfw.sh OUT [SECONDS [NAME [FLAGS...]]]}
 seconds=${2:-300}

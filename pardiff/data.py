@@ -16,8 +16,6 @@ import os
 
 DATASETS = ("lfw", "lfw-faces", "digits")
 MIRRORED = {"lfw": True, "lfw-faces": True, "digits": False}   # random horizontal flips are data (a mirrored 3 is not a 3)
-CLASS_NAMES = {"lfw": ("non-face", "face"), "lfw-faces": ("non-face", "face"),
-               "digits": tuple(str(d) for d in range(10))}
 
 
 def _lfw():

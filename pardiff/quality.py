@@ -259,7 +259,6 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def parse_reference(reference: str) -> tuple[str, int | None]:
     """``lfw`` / ``lfw-faces`` / ``digits`` / ``digits:D`` -> (data set, the class kept or None)."""
-    from .data import CLASS_NAMES
     name, _, label = reference.partition(":")
     if name == "lfw-faces" and not label:
         return "lfw", 1
@@ -268,7 +267,7 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
     if name == "digits":
         if not label:
             return "digits", None
-        if label.isdigit() and int(label) < len(CLASS_NAMES["digits"]):
+        if label.isdigit() and int(label) <= 9:
             return "digits", int(label)
         raise EvalError("--reference", f"digits:D takes one digit D in 0..9; got {reference!r}")
     raise EvalError("--reference", f"none, lfw, lfw-faces, digits, digits:D, gmm or gmm:CxHxW; got {reference!r}")
@@ -282,18 +281,18 @@ class DataReference:
     def __init__(self, data: str, label: int | None = None):
         from .data import MIRRORED, load_dataset
         self.size, steps = FEATURE_NETS[data]
+        self.data, self.label, self.mirrored = data, label, MIRRORED[data]
         try:
             # at the models' 32x32, then resized as the samples are: the net sees both through one filter
-            images, labels = load_dataset(data, 32)
+            loaded, labels = load_dataset(data, 32)
         except ValueError as e:
             raise EvalError("--reference", e) from None
-        images = _resize(images, self.size)
-        self.data, self.label, self.mirrored = data, label, MIRRORED[data]
+        images = _resize(loaded, self.size)
         self.classes = int(labels.max()) + 1
         self.net, self.accuracy = train_feature_net(images, labels, steps=steps, mirrored=self.mirrored)
         keep = labels == label if label is not None else torch.ones_like(labels, dtype=torch.bool)
         self.images = images[keep]
-        self._at_size = {self.size: torch.cat([self.images, self.images.flip(-1)]) if self.mirrored else self.images}
+        self._at_size = {32: self._with_mirror_images(loaded[keep])}    # the nearest-image search at 32x32
         with torch.no_grad():
             f = self.net.features(images).double()
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
@@ -301,6 +300,9 @@ class DataReference:
         # NIQE's natural-scene statistics fit photographs; the digits are 8x8 drawings magnified, whose
         # statistics are the interpolation's
         self.niqe = niqe_model(niqe_features(to_unit(self.images))) if data == "lfw" else None
+
+    def _with_mirror_images(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([images, images.flip(-1)]) if self.mirrored else images
 
     def describe(self) -> dict:
         what = {"lfw": "face / non-face CNN on LFW", "digits": "ten-digit CNN on the handwritten digits"}[self.data]
@@ -311,9 +313,12 @@ class DataReference:
         """The reference images at ``size`` (and their mirror images where the data set has them)."""
         from .data import load_dataset
         if size not in self._at_size:
-            images, labels = load_dataset(self.data, size)
-            images = images[labels == self.label] if self.label is not None else images
-            self._at_size[size] = torch.cat([images, images.flip(-1)]) if self.mirrored else images
+            if size == self.size:
+                images = self.images
+            else:
+                images, labels = load_dataset(self.data, size)
+                images = images[labels == self.label] if self.label is not None else images
+            self._at_size[size] = self._with_mirror_images(images)
         return self._at_size[size]
 
     def metrics(self, x: torch.Tensor) -> dict:
