@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         report = json.loads((Path(tmp) / "eval.json").read_text())
     metrics = {t: report["files"][f"{t}.npy"] for t in tags}
     from pardiff.quality import DataReference
-    net = DataReference("lfw").net
+    classify = DataReference("lfw").classify
     seq = samples["ddim-30"]
     errors, diffs = {}, {}
     for t in tags[1:]:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                      math.sqrt(len(per))), "rms_per_sample_median": float(np.median(per)),
                      "rms_per_sample_max": float(per.max()), "far": int((per > args.far).sum()),
                      "max_abs": float(np.abs(d).max()), "rms_per_sample": [float(f"{v:.5g}") for v in per]}
-        diffs[t] = paired(samples[t], seq, net)
+        diffs[t] = paired(samples[t], seq, classify)
 
     meta = {"model": args.model, "batch": args.batch, "seeds": seeds, "samples": len(seq), "ranks": args.ranks,
             "steps": STEPS, "sampler": "ddim", "far": args.far, "sampled_on": sampled_on,

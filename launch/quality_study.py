@@ -61,9 +61,10 @@ def settings(steps: list[int], rhos: list[float]) -> list[tuple[str, int, int, l
     return out
 
 
-def paired(x: np.ndarray, base: np.ndarray, net) -> dict:
+def paired(x: np.ndarray, base: np.ndarray, classify) -> dict:
     """Against the baseline sample from the same initial noise: per-image attribute differences
-    (mean ± SE), the RMS pixel distance, and how many samples the face classifier calls otherwise."""
+    (mean ± SE), the RMS pixel distance, and how many samples ``classify`` (a DataReference's: face /
+    non-face, or the digit) calls otherwise."""
     from pardiff.quality import image_attributes
     x, base = torch.from_numpy(x), torch.from_numpy(base)
     a, b = image_attributes(x), image_attributes(base)
@@ -73,8 +74,7 @@ def paired(x: np.ndarray, base: np.ndarray, net) -> dict:
         out[name] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
     rms = ((x.clamp(-1, 1) - base.clamp(-1, 1)) ** 2).flatten(1).mean(1).sqrt()
     out["rms_to_baseline"] = {"mean": float(rms.mean()), "median": float(rms.median())}
-    with torch.no_grad():
-        out["class_changed"] = int(((net(x.clamp(-1, 1)) > 0) != (net(base.clamp(-1, 1)) > 0)).sum())
+    out["class_changed"] = int((classify(x) != classify(base)).sum())
     return out
 
 
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
 
     samples = {t: np.load(work / f"{t}.npy") for t in tags}
     from pardiff.quality import DataReference
-    net = DataReference("lfw").net                   # the same seeded classifier pardiff eval used
-    diffs = {tag: paired(samples[tag], samples[f"ddpm-{n}-B"], net) for tag, n, _, _ in runs
+    classify = DataReference("lfw").classify         # the same seeded classifier pardiff eval used
+    diffs = {tag: paired(samples[tag], samples[f"ddpm-{n}-B"], classify) for tag, n, _, _ in runs
              if not tag.endswith("-B")}
 
     img_dirs = [out_dir] + ([Path(args.img_dir)] if args.img_dir else [])

@@ -5,7 +5,8 @@ P = 2 … 10 ranks (Fig. 28). On a GPU node it runs the same commands with many 
 
 Every setting is one ``pardiff run`` (the baseline ``sequential --sampler ddpm`` on 1 rank, SE2P under
 ``mpiexec -n P``) from the same --seed, so sample i of every setting starts from the same initial noise;
-then one ``pardiff eval --reference lfw`` over every set and --batch training images (at most the 200).
+then one ``pardiff eval --reference REF`` over every set and --batch training images (--reference: lfw, the
+default, or digits for the models trained on the digits).
 Groups (--groups):
 
 - ``table4``: N ∈ {10, 20}: DDPM baseline, naive ablation, SE2P ρ ∈ {1.35, 1.55} (γ = 0.015; Tables 1/4,
@@ -21,7 +22,8 @@ Groups (--groups):
               ablation and SE2P at N = 20 (ρ ∈ {1.35, 1.55}), 40 (ρ ∈ {1.20, 1.35}) and 80 (ρ ∈ {0.90, 1.10}).
 
 A latent model's runs write latents; they are decoded through its autoencoder for every statistic and
-grid (``pardiff eval --decode``).
+grid (``pardiff eval --decode``): ``--model lfw-ldm`` (memorised), ``--model digits-ldm --reference digits``
+(generalises).
 
 Runs whose samples already exist in --out-dir/samples are not run again (a sweep can be resumed or
 extended). Writes to --out-dir: samples/TAG.npy, results.json (eval metrics, paired differences against
@@ -117,10 +119,14 @@ def main(argv=None) -> int:
     ap.add_argument("--procs-20", nargs="*", type=int, default=[2, 4, 10])
     ap.add_argument("--procs-40", nargs="*", type=int, default=[])
     ap.add_argument("--model", default="lfw-32")
+    ap.add_argument("--reference", default="lfw", choices=("lfw", "digits"),
+                    help="the data set the model was trained on: its images, feature net and classes for every metric")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grid-cols", type=int, default=10)
     ap.add_argument("--no-run", action="store_true", help="only evaluate the samples already there")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="settings run at once (a GPU node: its ranks share the GPU; the results do not change)")
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
     samples_dir = out_dir / "samples"
@@ -134,26 +140,32 @@ def main(argv=None) -> int:
     unique = {}
     for r in runs:
         unique.setdefault(r["tag"], r)
-    for tag, r in unique.items():
-        if (samples_dir / f"{tag}.npy").exists() or args.no_run:
-            continue
-        wall[tag] = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed",
-                            args.seed, "--batch", args.batch, "--out", f"{tag}.npy", cwd=samples_dir)
-        print(f"{tag:24s} P={r['ranks']:2d} {wall[tag]:7.1f} s", flush=True)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1; got {args.jobs}")
+    todo = [r for tag, r in unique.items() if not (samples_dir / f"{tag}.npy").exists() and not args.no_run]
+
+    def run(r):
+        wall[r["tag"]] = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed",
+                                 args.seed, "--batch", args.batch, "--out", f"{r['tag']}.npy", cwd=samples_dir)
+        print(f"{r['tag']:24s} P={r['ranks']:2d} {wall[r['tag']]:7.1f} s", flush=True)
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(args.jobs) as pool:     # threads only wait on the subprocesses
+        list(pool.map(run, todo))
 
     # every sample set in the folder is evaluated (earlier groups stay in the report)
     tags = sorted(p.stem for p in samples_dir.glob("*.npy") if p.stem != "data")
     from pardiff.data import load_dataset
-    data, _ = load_dataset("lfw", 32)
+    data, _ = load_dataset(args.reference, 32)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
     n_data = len(pick)
     np.save(samples_dir / "data.npy", data[pick].numpy())
     decoder = decoder_of(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         decode = ["--decode", args.model] if decoder is not None else []
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", "lfw", *decode,
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", args.reference, *decode,
                 "--report", str(Path(tmp) / "eval.json"), cwd=samples_dir)
-        pardiff(None, "eval", "data.npy", "--reference", "lfw", "--report", str(Path(tmp) / "data.json"),
+        pardiff(None, "eval", "data.npy", "--reference", args.reference, "--report", str(Path(tmp) / "data.json"),
                 cwd=samples_dir)
         report = json.loads((Path(tmp) / "eval.json").read_text())
         report["files"]["data.npy"] = json.loads((Path(tmp) / "data.json").read_text())["files"]["data.npy"]
@@ -164,16 +176,17 @@ def main(argv=None) -> int:
         from pardiff.quality import decode_latents
         samples = {t: decode_latents(t, x, decoder) for t, x in samples.items()}
     from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
-    lfw = DataReference("lfw")
-    net = lfw.net                               # the same seeded classifier pardiff eval used
-    niqe = {t: niqe_scores(lfw.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
+    ref = DataReference(args.reference)         # the same seeded classifier pardiff eval used
+    niqe = ({t: niqe_scores(ref.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
+            if ref.niqe is not None else None)  # NIQE-LFW: for the faces only (pardiff/quality.py says why)
     diffs = {}
     for t in tags:
         n = t.split("-")[1]
         if not t.endswith("-B") and f"ddpm-{n}-B" in samples:
-            diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], net)
-            d = niqe[t] - niqe[f"ddpm-{n}-B"]
-            diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+            diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], ref.classify)
+            if niqe is not None:
+                d = niqe[t] - niqe[f"ddpm-{n}-B"]
+                diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
     groups = {}
     # the groups asked for now and those of an earlier call on this folder (not every group whose tags match:
@@ -193,7 +206,7 @@ def main(argv=None) -> int:
             d.mkdir(parents=True, exist_ok=True)
             grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
-    meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "groups": groups,
+    meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs, "seed": args.seed, "groups": groups,
             "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -202,35 +215,47 @@ def main(argv=None) -> int:
                         "compare a subset with a set that contains it"}
     results_path.write_text(json.dumps({"meta": meta, "metrics": metrics, "paired_vs_baseline": diffs},
                                        indent=1) + "\n")
-    table = format_tables(groups, metrics, diffs, args.batch)
+    table = format_tables(groups, metrics, diffs, args.batch, args.reference)
     (out_dir / "table.md").write_text(table)
     print(table)
     return 0
 
 
-def format_tables(groups, metrics, diffs, batch) -> str:
+def format_tables(groups, metrics, diffs, batch, reference="lfw") -> str:
+    """LFW: the face rate and NIQE-LFW; digits: the rarest and commonest digit's share (the net's
+    calls), no NIQE."""
     attrs = ("brightness", "contrast", "sharpness", "saturated")
+    faces = reference == "lfw"
     lines = [f"{batch} samples per setting, the same initial noises in every setting. Means ± standard error; "
              "KID ± its spread over random halves; paired Δ = setting − baseline of the same N, per image."]
     for group, tags in groups.items():
         lines += ["", f"### {group}", "",
-                  "| setting | brightness | contrast | sharpness | saturated | KID | face rate | nearest train RMS "
-                  "| NIQE-LFW per image (set ± spread over halves) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| setting | brightness | contrast | sharpness | saturated | KID | "
+                  + ("face rate" if faces else "digit share (rarest / commonest)") + " | nearest train RMS "
+                  + ("| NIQE-LFW per image (set ± spread over halves) |" if faces else "|"),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if faces else "")]
         for t in tags + (["data"] if group == list(groups)[-1] else []):
             m = metrics[t]
             cells = [f"{m[a]['mean']:.4f} ± {m[a]['se']:.4f}" for a in attrs]
+            if faces:
+                classes = f"{m['face_rate']:.2f}"
+            else:
+                share = np.asarray(m["class_counts"]) / sum(m["class_counts"])
+                classes = f"{share.min():.3f} / {share.max():.3f}"
             lines.append(f"| {t} | " + " | ".join(cells) + f" | {m['kid']:.3f} ± {m['kid_subset_std']:.3f} "
-                         f"| {m['face_rate']:.2f} | {m['nearest_train_rms']:.3f} "
-                         f"| {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} "
-                         f"({m['niqe_lfw']['set']:.2f} ± {m['niqe_lfw']['set_subset_std']:.2f}) |")
+                         f"| {classes} | {m['nearest_train_rms']:.3f} |"
+                         + (f" {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} "
+                            f"({m['niqe_lfw']['set']:.2f} ± {m['niqe_lfw']['set_subset_std']:.2f}) |" if faces else ""))
         paired_tags = [t for t in tags if t in diffs]
         if paired_tags:
-            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated | Δ NIQE-LFW "
-                      "| RMS to baseline (median) | face / non-face changed |", "|---|---|---|---|---|---|---|---|"]
+            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated "
+                      + ("| Δ NIQE-LFW " if faces else "") + "| RMS to baseline (median) | "
+                      + ("face / non-face changed |" if faces else "digit changed |"),
+                      "|---|---|---|---|---|---|---|" + ("---|" if faces else "")]
             for t in paired_tags:
                 d = diffs[t]
                 lines.append(f"| {t} | " + " | ".join(f"{d[a]['mean']:+.4f} ± {d[a]['se']:.4f}" for a in attrs)
-                             + f" | {d['niqe_lfw']['mean']:+.2f} ± {d['niqe_lfw']['se']:.2f}"
+                             + (f" | {d['niqe_lfw']['mean']:+.2f} ± {d['niqe_lfw']['se']:.2f}" if faces else "")
                              + f" | {d['rms_to_baseline']['mean']:.3f} ({d['rms_to_baseline']['median']:.3f}) "
                              f"| {d['class_changed']} of {batch} |")
     return "\n".join(lines) + "\n"

@@ -321,6 +321,11 @@ class DataReference:
             self._at_size[size] = self._with_mirror_images(images)
         return self._at_size[size]
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The class the feature net gives each image x in [-1, 1] (any size: resized as for the metrics)."""
+        with torch.no_grad():
+            return self.net.classify(_resize(x.float().clamp(-1, 1), self.size))
+
     def metrics(self, x: torch.Tensor) -> dict:
         """KID and its spread and the classes the net sees (at the net's input size), the RMS distance
         to the nearest training image (at the samples' size if square) of samples x, and NIQE-LFW for LFW.
@@ -334,7 +339,7 @@ class DataReference:
         x = _resize(x, self.size)
         with torch.no_grad():
             f = (self.net.features(x).double() - self.mean) / self.std
-            predicted = self.net.classify(x)
+        predicted = self.classify(x)
         out = {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
                "nearest_train_rms": float(nearest.mean()), "nearest_train_rms_min": float(nearest.min())}
         if self.data == "lfw":
