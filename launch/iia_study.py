@@ -7,7 +7,8 @@ sampler, and measure the RMS distance of each sample to the probability-flow sol
 same initial noise (DDIM with --reference-steps steps, 1000 by default): over all test samples, their
 median, and how many end more than --far away (on another image, not merely less accurate). With --eval,
 also ``pardiff eval --reference lfw`` (or --eval-reference) of every sample set (KID, NIQE-LFW, sharpness, the
-rate of samples of the class a classifier expects: the FID-like view).
+rate of samples of the class a classifier expects: the FID-like view). On a latent model (lfw-ldm, digits-ldm) every
+error, grid and statistic is of the decoded images, what a user sees; the fit itself works on latents.
 Writes results.json and table.md to --out-dir. --nfe keeps only some NFE budgets. The guided solvers (ddim-cfg:
 IIA-DDIM's Eq. 8; dpmsolver++-cfg: IIA-DPM-Solver++ on the guided ε̈) need a class-conditional model (gmm, lfw-32-cfg, digits-32-cfg):
 their test samples are drawn for --class-label with guidance --guidance, their reference is guided DDIM-1000.
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import grid_png, sampling_device  # noqa: E402  (the grids and device line of the quality studies)
+from quality_study import decoder_of, grid_png, sampling_device  # noqa: E402  (the grids, device line and latent
+# models' decoder of the quality studies)
 
 # solver -> (IIA sampler, base sampler, steps per NFE budget, extra flags); NFE = model evaluations per sample
 # (the guided ε̈ is one evaluation of the guided model: two network batches in one call)
@@ -93,18 +95,27 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     ref_steps = args.reference_steps
+    decoder = decoder_of(args.model)
+
+    def load(f: str) -> np.ndarray:
+        """A sample set as images: a latent model's latents are decoded."""
+        x = np.load(work / f)
+        if decoder is None:
+            return x
+        from pardiff.quality import decode_latents
+        return decode_latents(f, x, decoder)
     refs = {}                           # guided? -> the reference samples; each computed only if a solver needs it
     if any(name not in GUIDED for name in args.solvers) or args.b_sweep:
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, "--out", "ref.npy", cwd=work)
-        refs[False] = np.load(work / "ref.npy")
+        refs[False] = load("ref.npy")
     if any(name in GUIDED for name in args.solvers):
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, *guided,
                 "--out", "ref-cfg.npy", cwd=work)
-        refs[True] = np.load(work / "ref-cfg.npy")
+        refs[True] = load("ref-cfg.npy")
 
     def errors(f, g) -> dict:
         """RMS error to the reference over all samples, its per-sample median, and the samples beyond --far."""
-        per = np.sqrt(((np.load(work / f) - refs[g]) ** 2).reshape(len(refs[g]), -1).mean(1))
+        per = np.sqrt(((load(f) - refs[g]) ** 2).reshape(len(refs[g]), -1).mean(1))
         return {"all": float(np.sqrt((per ** 2).mean())), "median": float(np.median(per)),
                 "far": int((per > args.far).sum())}
 
@@ -115,7 +126,8 @@ def main(argv=None) -> int:
         meta = {"model": args.model, "ranks": args.ranks, "fit_batch": args.fit_batch, "fine": args.fine,
                 "test_batch": args.test_batch, "test_seed": 5, "fit_seed": 0, "guidance": args.guidance,
                 "class_label": args.class_label, "reference": f"ddim, {ref_steps} steps, same initial noise",
-                "device": sampling_device(), "far": args.far, "python": platform.python_version(),
+                "device": sampling_device(), "far": args.far,
+                "error_of": "decoded images" if decoder is not None else "samples", "python": platform.python_version(),
                 "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - t0}
         (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "b_sweep": sweep,
                                                            "quality": quality}, indent=1))
@@ -167,7 +179,9 @@ def main(argv=None) -> int:
     if args.eval:
         sets = [f for g, f in ((False, "ref.npy"), (True, "ref-cfg.npy")) if g in refs] + \
             [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
-        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=work)
+        decode = ["--decode", args.model] if decoder is not None else []
+        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, *decode, "--report", "eval.json",
+                cwd=work)
         files = json.loads((work / "eval.json").read_text())["files"]
         # the class rate: of faces (lfw) or of the digit D (digits:D); NIQE-LFW only against LFW
         quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "sharpness": m["sharpness"]["mean"],
@@ -235,7 +249,7 @@ def main(argv=None) -> int:
             grid = [refs[rows[0]["solver"] in GUIDED]]                 # the first solver's own reference
             for r in first:
                 tag = f"{r['solver']}-{r['steps']}"
-                grid += [np.load(work / f"{tag}-base.npy"), np.load(work / f"{tag}-iia.npy")]
+                grid += [load(f"{tag}-base.npy"), load(f"{tag}-iia.npy")]
             grid_png(out_dir / "grid.png", grid, min(8, args.test_batch))     # rows: reference, then base / IIA per NFE
     shutil.rmtree(work)
     return 0

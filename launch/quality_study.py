@@ -50,6 +50,13 @@ def sampling_device() -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
+def decoder_of(model: str):
+    """The model itself when it is a latent model (its samples are latents to decode), else None."""
+    from pardiff.models import load_model
+    m = load_model(model)
+    return m if getattr(m, "vae", None) is not None else None
+
+
 def settings(steps: list[int], rhos: list[float]) -> list[tuple[str, int, int, list]]:
     """(tag, N, ranks, run arguments) of every sampling run."""
     out = []

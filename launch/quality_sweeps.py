@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import grid_png, paired, pardiff, sampling_device  # noqa: E402  (the same runner, paired
-# statistics, grids, device line)
+from quality_study import decoder_of, grid_png, paired, pardiff, sampling_device  # noqa: E402  (the same runner,
+# paired statistics, grids, device line, latent models' decoder)
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
@@ -101,13 +101,6 @@ def settings(groups, procs10, procs20, procs40=()) -> list[dict]:
             for rho in rhos:
                 add("ld", f"ddpm-{n}-{rho:.2f}", n, 2, se2p(GAMMA, rho))
     return out
-
-
-def decoder_of(model: str):
-    """The model itself when it is a latent model (its samples are latents to decode), else None."""
-    from pardiff.models import load_model
-    m = load_model(model)
-    return m if getattr(m, "vae", None) is not None else None
 
 
 def main(argv=None) -> int:
