@@ -34,3 +34,14 @@ def test_every_benchmark_case_is_a_valid_run():
                               **case[algorithm]).validate(ranks)
                     checked += 1
     assert checked > 2 * len(bench_parallel.WINDOW_CASES)
+
+
+def test_every_image_the_docs_show_is_in_the_repository():
+    """A picture written up in docs/ or the README and never committed fails here."""
+    import re
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+            if not target.startswith("http") and not (page.parent / target).is_file():
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not missing, missing
