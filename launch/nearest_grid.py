@@ -51,24 +51,23 @@ def main(argv=None) -> int:
         x = decode_latents(args.samples, x, load_decoder(args.decode))
     x = torch.from_numpy(x).float().clamp(-1, 1)
     train, _ = load_dataset(args.reference, x.shape[-1])
-    if MIRRORED[args.reference]:
+    n, mirrored = len(train), MIRRORED[args.reference]
+    if mirrored:
         train = torch.cat([train, train.flip(-1)])
     flat, t = x.flatten(1).double(), train.flatten(1).double()
     scale = math.sqrt(flat.shape[1])
+
+    def per_image(dist: torch.Tensor) -> torch.Tensor:
+        """Distances to each of the n training images: the nearer of an image and its mirror image."""
+        return torch.minimum(dist[:, :n], dist[:, n:]) if mirrored else dist
+
     d = torch.cdist(flat, t) / scale
-    nearest, index = d.min(1)
-    n = len(t) // 2 if MIRRORED[args.reference] else len(t)
-    others = d.clone()
-    others[torch.arange(len(x)), index] = math.inf
-    others[torch.arange(len(x)), (index + n) % len(t) if MIRRORED[args.reference] else index] = math.inf
-    ratio = nearest / others.min(1).values
-    # leave one out: each original image against every other image (its own mirror image excluded too)
-    own = torch.cdist(t[:n], t) / scale
-    own[torch.arange(n), torch.arange(n)] = math.inf
-    if MIRRORED[args.reference]:
-        own[torch.arange(n), torch.arange(n) + n] = math.inf
-    if MIRRORED[args.reference]:            # an image's nearest and second-nearest *other* images, not mirror twins
-        own = torch.minimum(own[:, :n], own[:, n:])
+    nearest, index = d.min(1)                           # index: into train, mirror images included (the picture)
+    two = per_image(d).topk(2, dim=1, largest=False).values
+    ratio = two[:, 0] / two[:, 1]                       # nearest / second-nearest *other* image
+    # leave one out: each training image against every other one
+    own = per_image(torch.cdist(t[:n], t) / scale)
+    own.fill_diagonal_(math.inf)
     two = own.topk(2, dim=1, largest=False).values
     loo, loo_ratio = two[:, 0], two[:, 0] / two[:, 1]
 
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     Image.fromarray(pixels).resize((w * 2, h * 2), Image.NEAREST).save(args.png)
 
     report = {"samples": args.samples, "decode": args.decode, "reference": args.reference, "n": len(x),
-              "training_images": n, "mirror_images": MIRRORED[args.reference],
+              "training_images": n, "mirror_images": mirrored,
               "nearest_train_rms": quantiles(nearest), "copy_rms": args.copy_rms,
               "copies": float((nearest < args.copy_rms).double().mean()),
               "distinct_nearest_images": int(len(set((index % n).tolist()))),

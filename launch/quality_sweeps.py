@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1,
                     help="settings run at once (a GPU node: its ranks share the GPU; the results do not change)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1; got {args.jobs}")
     out_dir = Path(args.out_dir)
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +135,6 @@ def main(argv=None) -> int:
     unique = {}
     for r in runs:
         unique.setdefault(r["tag"], r)
-    if args.jobs < 1:
-        ap.error(f"--jobs must be >= 1; got {args.jobs}")
     todo = [r for tag, r in unique.items() if not (samples_dir / f"{tag}.npy").exists() and not args.no_run]
 
     def run(r):
@@ -199,7 +199,8 @@ def main(argv=None) -> int:
             d.mkdir(parents=True, exist_ok=True)
             grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
-    meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs, "seed": args.seed, "groups": groups,
+    meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs,
+            "seed": args.seed, "groups": groups,
             "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
