@@ -221,7 +221,9 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
     """Train on 80 % of the images (a fixed split), report accuracy on the other 20 %. Two classes:
     one logit and binary cross-entropy; more: softmax cross-entropy. ``mirrored``: random flips.
 
-    Everything is seeded and on the CPU, so every ``pardiff eval`` measures with the same net.
+    Everything is seeded and on the CPU, so every ``pardiff eval`` with the same number of threads
+    measures with the same net (another thread count sums in another order: the net differs in the
+    last bits, enough to flip a borderline class now and then).
     Returns (net, held-out accuracy).
     """
     classes = int(labels.max()) + 1
