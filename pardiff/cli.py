@@ -43,6 +43,9 @@ def _add_common_flags(p: argparse.ArgumentParser, outputs: str | None = "run") -
                         if outputs == "fit" else "number of sampling steps N (default %(default)s)")
     common.add_argument("--seed", type=int, default=d.seed, help="run seed (default %(default)s)")
     common.add_argument("--batch", type=int, default=d.batch, help="samples per run (default %(default)s)")
+    common.add_argument("--eval-batch", type=int, default=d.eval_batch,
+                        help="most rows per network call: a larger evaluation runs in pieces of this size, one "
+                             "after another, to bound GPU memory (default 0: all rows at once)")
     common.add_argument("--class-label", type=int, default=d.class_label,
                         help="class for class-conditional models; -1 = unconditional (default)")
     common.add_argument("--device", default=d.device, help="auto | cpu | cuda (rank r takes GPU local_rank mod count)")

@@ -50,6 +50,7 @@ class RunConfig:
     steps: int = 10
     seed: int = 0
     batch: int = 1
+    eval_batch: int = 0              # most rows per network call (0: all); bounds activation memory
     class_label: int = -1            # -1: unconditional
     device: str = "auto"
     dtype: str = "float32"
@@ -118,6 +119,8 @@ class RunConfig:
             raise ConfigError("--steps", f"must be at least 1, got {self.steps}")
         if self.batch < 1:
             raise ConfigError("--batch", f"must be at least 1, got {self.batch}")
+        if self.eval_batch < 0:
+            raise ConfigError("--eval-batch", f"must be 0 (all rows at once) or a row count >= 1, got {self.eval_batch}")
         if self.seed < 0:
             raise ConfigError("--seed", f"must be >= 0, got {self.seed}")
         if self.class_label < -1:
@@ -302,3 +305,10 @@ def _writable(flag: str, path: str) -> None:
     check_folder_of(flag, path)
     if os.path.isdir(path):
         raise ConfigError(flag, f"{path!r} is a folder, not a file")
+
+
+def eval_pieces(rows: int, eval_batch: int) -> list[int]:
+    """The batch sizes the network sees for an evaluation of ``rows`` rows under --eval-batch."""
+    if not eval_batch or rows <= eval_batch:
+        return [rows]
+    return [eval_batch] * (rows // eval_batch) + ([rows % eval_batch] if rows % eval_batch else [])

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, seeds
 from .comm.base import Comm
-from .config import GRID_SAMPLERS, ConfigError, RunConfig
+from .config import GRID_SAMPLERS, ConfigError, RunConfig, eval_pieces
 from .io import save_samples, write_json
 from .models import EpsModel, load_model
 from .trace.recorder import Recorder
@@ -79,10 +79,21 @@ class Context:
                              t_min=int(t_host.min()), batch=x.shape[0]):
             # no host sync: a traced GPU rank times this span with CUDA events (trace/recorder.py);
             # an untraced one reports launch times as compute times (docs/performance.md)
-            out = self.model.eps(x, t_model, labels if labels is None else labels.to(self.device, non_blocking=True))
+            out = self._network(x, t_model, labels if labels is None else labels.to(self.device, non_blocking=True))
             if guided:
                 out = out[rows:] + self.cfg.guidance * (out[:rows] - out[rows:])
         return out
+
+    def _network(self, x: torch.Tensor, t, labels):
+        """The model on ``x``, in pieces of at most --eval-batch rows (one after another: the memory of
+        one piece's activations at a time). Every row's result is the network's on that row."""
+        size = self.cfg.eval_batch
+        if not size or x.shape[0] <= size:
+            return self.model.eps(x, t, labels)
+        per_row = torch.is_tensor(t) and t.numel() == x.shape[0]
+        return torch.cat([self.model.eps(x[i:i + size], t[i:i + size] if per_row else t,
+                                         None if labels is None else labels[i:i + size])
+                          for i in range(0, x.shape[0], size)])
 
     def host(self, label: str, line: str, step: int = -1, iter: int = -1):
         """A traced block of local arithmetic (kind ``host``)."""
@@ -198,7 +209,7 @@ def _start_trace(cfg: RunConfig, comm: Comm, device: torch.device, warm: list[in
                                  "cuda-events" if device.type == "cuda" else "host")}
         writer = PartWriter(cfg.trace, comm.rank, root, rank_attrs)
     if hasattr(comm, "make_recorder"):          # the simulator's virtual clocks
-        comm.recorder = comm.make_recorder(writer, warm, batch=cfg.batch)
+        comm.recorder = comm.make_recorder(writer, warm, batch=cfg.batch, eval_batch=cfg.eval_batch)
     else:
         comm.recorder = Recorder(comm.rank, writer, clock=time.perf_counter, epoch=epoch0 + offset)
         if writer is not None and device.type == "cuda":
@@ -372,7 +383,8 @@ def warm_batches(cfg: RunConfig, rank: int, size: int) -> list[int]:
         from .algorithms.iia_fit import share
         sizes = [max(len(share(cfg.batch, rank, size)), 1)]
     factor = 2 if cfg.guidance is not None else 1
-    return sorted({b * factor for b in sizes})
+    return sorted({piece for b in sizes for piece in eval_pieces(b * factor, cfg.eval_batch)})
+
 
 
 def warm_up(model, device: torch.device, batches: list[int], fractional: bool = False) -> None:

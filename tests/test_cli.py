@@ -49,6 +49,26 @@ def test_png_output_and_report(tmp_path):
     assert [r["nfe"] for r in report["per_rank"]] == [5, 5]
 
 
+@pytest.mark.parametrize("n,args", [
+    (2, ["se2p", "--batch", 5]),
+    (3, ["paradigms", "--sampler", "ddim", "--steps", 12, "--window", 4, "--batch", 2]),
+    (1, ["sequential", "--model", "digits-32-cfg", "--sampler", "ddim", "--steps", 3, "--class-label", 3,
+         "--guidance", 2, "--batch", 3]),
+], ids=["se2p", "paradigms", "guidance"])
+def test_eval_batch_evaluates_in_pieces_to_the_same_samples(tmp_path, n, args):
+    """--eval-batch 2: every evaluation reaches the network two rows at a time (guidance's doubled batch
+    and a window's rows too); the samples and the algorithm's evaluations (one trace row each) are the run's
+    without it."""
+    pardiff(n, "run", *args, "--out", "whole.npy", "--trace", "whole.h5", cwd=tmp_path)
+    pardiff(n, "run", *args, "--eval-batch", 2, "--out", "pieces.npy", "--trace", "pieces.h5", cwd=tmp_path)
+    whole, pieces = np.load(tmp_path / "whole.npy"), np.load(tmp_path / "pieces.npy")
+    # the analytic model is row by row; a network's convolutions may round differently at another batch size
+    np.testing.assert_allclose(pieces, whole, rtol=0, atol=0 if "--model" not in args else 1e-4)
+    rows = {name: {r: (e["label"] == "eps").sum() for r, e in load_trace(str(tmp_path / f"{name}.h5")).events.items()}
+            for name in ("whole", "pieces")}
+    assert rows["whole"] == rows["pieces"]
+
+
 BAD = [
     (2, ["se2p", "--gamma", 0], "--gamma"),
     (2, ["se2p", "--gamma", 1.5], "--gamma"),
@@ -58,6 +78,7 @@ BAD = [
     (2, ["se2p", "--sampler", "ddim"], "--sampler"),
     (2, ["se2p", "--sampler", "iia-ddim"], "--sampler"),
     (2, ["se2p", "--steps", 0], "--steps"),
+    (1, ["sequential", "--eval-batch", -1], "--eval-batch"),
     (2, ["se2p", "--steps", 1000], "--steps"),
     (2, ["se2p", "--batch", 0], "--batch"),
     (2, ["se2p", "--seed", -1], "--seed"),

@@ -9,8 +9,10 @@ import torch
 
 from conftest import pardiff
 from pardiff.bench import fit_link
-from pardiff.comm.virtual import VirtualComm, World
+from pardiff.comm.virtual import VirtualClock, VirtualComm, VirtualRecorder, World
 from pardiff.sim.network import BUILTIN, Link, Network, load_network
+from pardiff.config import RunConfig
+from pardiff.runtime import warm_batches
 from pardiff.sim.profile import Profile
 from pardiff.sim.replay import retime
 from pardiff.trace.reader import load_trace
@@ -156,6 +158,24 @@ def test_hand_computed_cost_model(tmp_path):
     assert ms(ev[1]["t_start"]) == [0, 12, 14] and ms(ev[1]["t_ready"][:1]) == [12]
     assert ms(ev[1]["t_end"]) == [12, 14, 54.008]
     assert ms(retime(load_trace(trace_path), net, prof)[0]["t_end"]) == [10, 12, 52, 54.008]
+
+
+def test_eval_batch_is_warmed_and_charged_piece_by_piece():
+    """--eval-batch 4: an evaluation of 10 rows is three network calls (4, 4, 2), each warmed before the
+    run and each charged at its own size's time."""
+    cfg = RunConfig("se2p", batch=10, eval_batch=4)
+    assert warm_batches(cfg, 0, 2) == [2, 4]
+    guided = RunConfig("paradigms", batch=3, eval_batch=4, guidance=2.0, steps=6, window=2)
+    assert warm_batches(guided, 0, 1) == [2, 4]               # rows 6 and 12 -> pieces 4, 4, 4 and 4, 2
+    prof = Profile("gmm", "float32", "test", [1, 4], [0.010, 0.016], [0.030, 0.040])
+    rec = VirtualRecorder(0, None, VirtualClock(), prof, warm_batches(cfg, 0, 2), batch=10, eval_batch=4)
+    with rec.span("compute", "eps", "x", batch=10):
+        pass
+    assert rec.now() == pytest.approx(0.016 + 0.016 + 0.012)  # batch 2: between the profile's 1 and 4
+    whole = VirtualRecorder(0, None, VirtualClock(), prof, [10], batch=10)
+    with whole.span("compute", "eps", "x", batch=10):
+        pass
+    assert whole.now() == pytest.approx(0.028)               # the profile's line, extended: 10 + 9 x 2 ms
 
 
 def test_network_collectives_and_contention():

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..config import eval_pieces
 from ..trace.recorder import Recorder
 from .base import Comm
 
@@ -68,11 +69,12 @@ class VirtualClock:
 class VirtualRecorder(Recorder):
     """A Recorder whose spans advance the rank's virtual clock by modelled costs."""
 
-    def __init__(self, rank, writer, clock: VirtualClock, profile, warm_batches, batch: int):
+    def __init__(self, rank, writer, clock: VirtualClock, profile, warm_batches, batch: int, eval_batch: int = 0):
         super().__init__(rank, writer, clock=clock, epoch=0.0)
         self.vclock, self.profile = clock, profile
         self.seen_batches = set(warm_batches)  # the run's untimed warm-up evaluations (runtime.warm_up)
         self.batch = batch                     # --batch: what a host span's latent update is priced at
+        self.eval_batch = eval_batch           # --eval-batch: an evaluation's rows reach the network in pieces
 
     @contextmanager
     def span(self, kind: str, label: str, line: str, **fields):
@@ -81,7 +83,8 @@ class VirtualRecorder(Recorder):
         yield
         if kind == "compute":
             if self.profile:
-                self.vclock.t += self.profile.charge(self.seen_batches, fields.get("batch", 1))
+                for rows in eval_pieces(fields.get("batch", 1), self.eval_batch):
+                    self.vclock.t += self.profile.charge(self.seen_batches, rows)
             else:
                 self.vclock.t += time.thread_time() - cpu0
         elif kind == "host":
@@ -110,8 +113,8 @@ class VirtualComm(Comm):
         self.local_size = min(k, world.size - rank // k * k)
         self._collectives = 0
 
-    def make_recorder(self, writer, warm_batches, batch: int) -> Recorder:
-        return VirtualRecorder(self.rank, writer, self.clock, self.world.profile, warm_batches, batch)
+    def make_recorder(self, writer, warm_batches, batch: int, eval_batch: int = 0) -> Recorder:
+        return VirtualRecorder(self.rank, writer, self.clock, self.world.profile, warm_batches, batch, eval_batch)
 
     def measure_clock_offset(self, clock, rounds: int = 8):
         return 0.0, 0.0                      # one clock per rank, all starting at 0
