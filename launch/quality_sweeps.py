@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """SE2P's quality experiments on a trained model (issue 7): the DDPM settings of Tables 1/4 (N = 10, 20),
 N = 100 with small ρ (Figs. 2, 10), the mixing-parameter sweep (Fig. 26), the t_k + 1 variant (Fig. 27) and
-P = 2 … 10 ranks (Fig. 28). On a GPU node it runs the same commands with many samples (--batch 1024).
+P = 2 … 10 ranks (Fig. 28). On a GPU node it runs the same commands with many samples (--batch 1024; --batch 5120 --eval-batch 512
+for the papers' 5 000).
 
 Every setting is one ``pardiff run`` (the baseline ``sequential --sampler ddpm`` on 1 rank, SE2P under
 ``mpiexec -n P``) from the same --seed, so sample i of every setting starts from the same initial noise;
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default="lfw", choices=("lfw", "digits"),
                     help="the data set the model was trained on: its images, feature net and classes for every metric")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--eval-batch", type=int, default=0,
+                    help="pardiff run --eval-batch: most rows per network call (thousands of samples per run on one GPU)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grid-cols", type=int, default=10)
     ap.add_argument("--no-run", action="store_true", help="only evaluate the samples already there")
@@ -139,7 +142,8 @@ def main(argv=None) -> int:
 
     def run(r):
         wall[r["tag"]] = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed",
-                                 args.seed, "--batch", args.batch, "--out", f"{r['tag']}.npy", cwd=samples_dir)
+                                 args.seed, "--batch", args.batch, "--eval-batch", args.eval_batch,
+                                 "--out", f"{r['tag']}.npy", cwd=samples_dir)
         print(f"{r['tag']:24s} P={r['ranks']:2d} {wall[r['tag']]:7.1f} s", flush=True)
 
     from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +204,7 @@ def main(argv=None) -> int:
             grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
     meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs,
+            "eval_batch": args.eval_batch,
             "seed": args.seed, "groups": groups,
             "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
