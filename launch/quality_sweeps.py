@@ -23,8 +23,8 @@ Groups (--groups):
               ablation and SE2P at N = 20 (ρ ∈ {1.35, 1.55}), 40 (ρ ∈ {1.20, 1.35}) and 80 (ρ ∈ {0.90, 1.10}).
 
 A latent model's runs write latents; they are decoded through its autoencoder for every statistic and
-grid (``pardiff eval --decode``): ``--model lfw-ldm`` (memorised), ``--model digits-ldm --reference digits``
-(generalises).
+grid (once, then ``pardiff eval`` on the images: what ``pardiff eval --decode`` does): ``--model lfw-ldm``
+(memorised), ``--model digits-ldm --reference digits`` (generalises).
 
 Runs whose samples already exist in --out-dir/samples are not run again (a sweep can be resumed or
 extended). Writes to --out-dir: samples/TAG.npy, results.json (eval metrics, paired differences against
@@ -157,21 +157,23 @@ def main(argv=None) -> int:
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
     n_data = len(pick)
     np.save(samples_dir / "data.npy", data[pick].numpy())
+    samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
     decoder = decoder_of(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        decode = ["--decode", args.model] if decoder is not None else []
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", args.reference, *decode,
-                "--report", str(Path(tmp) / "eval.json"), cwd=samples_dir)
+        images_dir = samples_dir
+        if decoder is not None:     # latents -> the images every statistic and grid is about, decoded once here
+            from pardiff.quality import decode_latents
+            samples = {t: decode_latents(t, x, decoder) for t, x in samples.items()}
+            images_dir = Path(tmp)
+            for t, x in samples.items():
+                np.save(images_dir / f"{t}.npy", x)
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", args.reference,
+                "--report", str(Path(tmp) / "eval.json"), cwd=images_dir)
         pardiff(None, "eval", "data.npy", "--reference", args.reference, "--report", str(Path(tmp) / "data.json"),
                 cwd=samples_dir)
         report = json.loads((Path(tmp) / "eval.json").read_text())
         report["files"]["data.npy"] = json.loads((Path(tmp) / "data.json").read_text())["files"]["data.npy"]
     metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
-
-    samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
-    if decoder is not None:                     # latents -> the images every statistic and grid is about
-        from pardiff.quality import decode_latents
-        samples = {t: decode_latents(t, x, decoder) for t, x in samples.items()}
     from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
     ref = DataReference(args.reference)         # the same seeded classifier pardiff eval used
     niqe = ({t: niqe_scores(ref.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
             grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
     meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs,
-            "eval_batch": args.eval_batch,
+            "eval_batch": args.eval_batch, "decoded_with": args.model if decoder is not None else None,
             "seed": args.seed, "groups": groups,
             "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
