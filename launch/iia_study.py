@@ -97,13 +97,17 @@ def main(argv=None) -> int:
     ref_steps = args.reference_steps
     decoder = decoder_of(args.model)
 
+    images = work / "images"            # a latent model's sets decoded, once: errors, eval and the grid read them
+
     def load(f: str) -> np.ndarray:
         """A sample set as images: a latent model's latents are decoded."""
-        x = np.load(work / f)
         if decoder is None:
-            return x
-        from pardiff.quality import decode_latents
-        return decode_latents(f, x, decoder)
+            return np.load(work / f)
+        if not (images / f).exists():
+            from pardiff.quality import decode_latents
+            images.mkdir(exist_ok=True)
+            np.save(images / f, decode_latents(f, np.load(work / f), decoder))
+        return np.load(images / f)
     refs = {}                           # guided? -> the reference samples; each computed only if a solver needs it
     if any(name not in GUIDED for name in args.solvers) or args.b_sweep:
         pardiff(1, "run", "sequential", "--sampler", "ddim", "--steps", ref_steps, *test, "--out", "ref.npy", cwd=work)
@@ -179,10 +183,13 @@ def main(argv=None) -> int:
     if args.eval:
         sets = [f for g, f in ((False, "ref.npy"), (True, "ref-cfg.npy")) if g in refs] + \
             [f"{r['solver']}-{r['steps']}-{k}.npy" for r in rows for k in ("base", "iia")]
-        decode = ["--decode", args.model] if decoder is not None else []
-        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, *decode, "--report", "eval.json",
-                cwd=work)
-        files = json.loads((work / "eval.json").read_text())["files"]
+        where = work
+        if decoder is not None:         # the images errors() decoded (what pardiff eval --decode would do)
+            for f in sets:
+                load(f)
+            where = images
+        pardiff(1, "eval", *dict.fromkeys(sets), "--reference", args.eval_reference, "--report", "eval.json", cwd=where)
+        files = json.loads((where / "eval.json").read_text())["files"]
         # the class rate: of faces (lfw) or of the digit D (digits:D); NIQE-LFW only against LFW
         quality = {f[:-4]: {"kid": m["kid"], "kid_subset_std": m["kid_subset_std"], "sharpness": m["sharpness"]["mean"],
                             **{k: m[k] for k in ("face_rate", "class_rate") if k in m},
