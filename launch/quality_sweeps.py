@@ -121,17 +121,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grid-cols", type=int, default=10)
     ap.add_argument("--no-run", action="store_true", help="only evaluate the samples already there")
+    ap.add_argument("--sample-only", action="store_true",
+                    help="sample and stop (e.g. on few CPU threads); a later call with --no-run evaluates")
     ap.add_argument("--jobs", type=int, default=1,
                     help="settings run at once (a GPU node: its ranks share the GPU; the results do not change)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1; got {args.jobs}")
+    if args.sample_only and args.no_run:
+        ap.error("--sample-only and --no-run together do nothing: give one")
     out_dir = Path(args.out_dir)
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     old = json.loads(results_path.read_text()) if results_path.exists() else {}
-    wall = dict(old.get("meta", {}).get("run_wall_s", {}))
+    wall_file = samples_dir / "run_wall_s.json"     # each run's wall time, kept across calls
+    wall = {**old.get("meta", {}).get("run_wall_s", {}), **(json.loads(wall_file.read_text()) if wall_file.exists() else {})}
     t0 = time.time()
 
     runs = settings(args.groups, args.procs_10, args.procs_20, args.procs_40)
@@ -149,6 +154,11 @@ def main(argv=None) -> int:
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(args.jobs) as pool:     # threads only wait on the subprocesses
         list(pool.map(run, todo))
+    if todo:
+        wall_file.write_text(json.dumps(wall, indent=1) + "\n")
+    if args.sample_only:
+        print(f"sampled {len(todo)} settings in {time.time() - t0:.0f} s; evaluate with --no-run")
+        return 0
 
     # every sample set in the folder is evaluated (earlier groups stay in the report)
     tags = sorted(p.stem for p in samples_dir.glob("*.npy") if p.stem != "data")
