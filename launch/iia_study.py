@@ -25,7 +25,6 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import decoder_of, grid_png, sampling_device  # noqa: E402  (the grids, device line and latent
 # models' decoder of the quality studies)
+from runner import pardiff  # noqa: E402
 
 # solver -> (IIA sampler, base sampler, steps per NFE budget, extra flags); NFE = model evaluations per sample
 # (the guided ε̈ is one evaluation of the guided model: two network batches in one call)
@@ -49,13 +49,6 @@ SOLVERS = {
     "iia-edm": ("iia-edm", "edm", {11: 6, 19: 10, 29: 15, 39: 20}, []),
 }
 GUIDED = ("ddim-cfg", "dpmsolver++-cfg")   # sampled and fitted with --guidance (the fit averages over the classes)
-
-
-def pardiff(ranks: int, *args, cwd: Path) -> None:
-    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "pardiff", *map(str, args)]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import paired, pardiff, sampling_device  # noqa: E402
+from quality_study import paired, sampling_device  # noqa: E402
+from runner import pardiff  # noqa: E402
 
 STEPS = 30
 

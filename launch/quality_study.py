@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner import pardiff  # noqa: E402
+
 GAMMA = 0.015
-
-
-def pardiff(ranks: int | None, *args, cwd: Path) -> float:
-    """Run the CLI (under mpiexec when ranks is given); returns its wall time."""
-    cmd = [sys.executable, "-m", "pardiff", *map(str, args)]
-    if ranks is not None:
-        mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
-        cmd = [mpiexec, "-n", str(ranks), *cmd]
-    t0 = time.time()
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-    return time.time() - t0
 
 
 def sampling_device() -> str:

@@ -48,8 +48,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import decoder_of, grid_png, paired, pardiff, sampling_device  # noqa: E402  (the same runner,
-# paired statistics, grids, device line, latent models' decoder)
+from quality_study import decoder_of, grid_png, paired, sampling_device  # noqa: E402  (paired statistics,
+# grids, device line, latent models' decoder)
+from runner import pardiff  # noqa: E402
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]

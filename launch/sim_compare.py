@@ -19,26 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from pardiff.config import FLAG_ALGORITHMS
 from pardiff.trace.reader import load_trace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner import simulate  # noqa: E402
 
 RUN_FLAGS = ("model", "steps", "seed", "batch", "dtype", "sampler", "subintervals", "precondition", "window", "tol",
              "gamma", "rho", "integration", "mu_pred", "seed_sharing", "return_latent", "exchange", "clean_estimate",
              "last_variance", "missing_history", "class_label")
-
-
-def simulate(*args, cwd) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", dir=cwd) as f:
-        cmd = [sys.executable, "-m", "pardiff", "simulate", *map(str, args), "--report", f.name]
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-        return json.load(open(f.name))
 
 
 def main(argv=None) -> int:
@@ -52,6 +45,8 @@ def main(argv=None) -> int:
                     help="of those, runs that never stopped early (random weights sweep every point): executed "
                          "with --tol 0, which sweeps the same way on the stand-in")
     args = ap.parse_args(argv)
+    # the runs work in --out: a profile or network given as a file is named from here
+    args.profile, args.network = (str(Path(a).resolve()) if Path(a).is_file() else a for a in (args.profile, args.network))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -73,8 +68,9 @@ def main(argv=None) -> int:
             row["replay_model_error"] = str(e).splitlines()[-1]
         if name in args.execute:
             params = dict(params, tol=0.0) if name in args.tol_zero else params
-            flags = [x for k in RUN_FLAGS if params.get(k) is not None
-                     for x in (f"--{k.replace('_', '-')}", params[k])]
+            algorithm = trace.attrs["algorithm"]
+            flags = [x for k in RUN_FLAGS if params.get(k) is not None and algorithm in FLAG_ALGORITHMS.get(k, (algorithm,))
+                     for x in (f"--{k.replace('_', '-')}", params[k])]      # the flags this algorithm takes
             if params["model"].startswith("arch:"):
                 flags.append("--stand-in")
             t0 = time.time()

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bench_parallel import CASES, SUBINTERVAL_CASES, WINDOW_CASES, case_flags
+from runner import simulate
 
 NETWORKS = ["nvlink", "h200-mpi-staged", "pcie", "ib-hdr", "eth-100g", "eth-10g"]
 MODEL = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--stand-in", "--profile", "h200", "--seed", "0",
@@ -45,17 +44,6 @@ TABLE5 = {alg: case_flags("ddpm-1000", alg) for alg in ("sequential", "parasolve
 SE2P_STEPS = [10, 20, 100]
 PAPER_TABLE5 = {"parasolver": {1: 2.5, 2: 3.8, 4: 5.1, 8: 12.1}, "paradigms": {1: 1.4, 2: 2.1, 4: 3.3, 8: 4.6}}
 WINDOW_GPUS = [1, 8]
-
-
-def pardiff(*args, cwd) -> dict:
-    report = Path(cwd) / f"r{time.monotonic_ns()}.json"
-    cmd = [sys.executable, "-m", "pardiff", "simulate", *map(str, args), "--report", str(report)]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-    out = json.loads(report.read_text())
-    report.unlink()
-    return out
 
 
 def main(argv=None) -> int:
@@ -88,9 +76,9 @@ def main(argv=None) -> int:
     for study, (flags, rank_counts) in STUDIES.items():
         for P in rank_counts if "networks" in studies else []:
             trace = work / f"{study}-{P}.h5"
-            ex = pardiff(*flags, *model, "--ranks", P, "--network", NETWORKS[0], "--trace", trace, cwd=work)
+            ex = simulate(*flags, *model, "--ranks", P, "--network", NETWORKS[0], "--trace", trace, cwd=work)
             for net in NETWORKS:
-                rep = ex if net == NETWORKS[0] else pardiff("--replay", trace, "--network", net, "--profile", args.profile,
+                rep = ex if net == NETWORKS[0] else simulate("--replay", trace, "--network", net, "--profile", args.profile,
                                                              cwd=work)
                 comm = max(r["communication_s"] for r in rep["per_rank"])
                 rows.append({"study": study, "ranks": P, "network": net, "wall_s": rep["wall_s"],
@@ -99,14 +87,14 @@ def main(argv=None) -> int:
             trace.unlink()
     # the sequential baselines run on one rank: no messages, so one run serves every network
     def sequential_s(*flags) -> float:
-        return pardiff(*flags, *model, "--ranks", 1, "--network", NETWORKS[0], cwd=work)["wall_s"]
+        return simulate(*flags, *model, "--ranks", 1, "--network", NETWORKS[0], cwd=work)["wall_s"]
 
     table5 = []
     seq = sequential_s(*TABLE5["sequential"]) if {"table5", "window"} & set(studies) else None
     for net in ("nvlink", "h200-mpi-staged") if "table5" in studies else []:
         for alg in ("parasolver", "paradigms"):
             for G in (1, 2, 4, 8):
-                rep = pardiff(*TABLE5[alg], *model, "--ranks", G, "--network", net, cwd=work)
+                rep = simulate(*TABLE5[alg], *model, "--ranks", G, "--network", net, cwd=work)
                 table5.append({"network": net, "algorithm": alg, "gpus": G, "wall_s": rep["wall_s"],
                                "sequential_s": seq, "speedup": seq / rep["wall_s"], "iterations": rep["iterations"],
                                "nfe": rep["nfe"], "paper_speedup": PAPER_TABLE5[alg][G]})
@@ -118,7 +106,7 @@ def main(argv=None) -> int:
         sweep = [(alg, case) for alg, case in sweep if case in chosen]
     for alg, case in sweep if "window" in studies else []:
         for G in WINDOW_GPUS:
-            rep = pardiff(*case_flags(case, alg), *model, "--ranks", G, "--network", "nvlink", cwd=work)
+            rep = simulate(*case_flags(case, alg), *model, "--ranks", G, "--network", "nvlink", cwd=work)
             window.append({"algorithm": alg, "case": case, "window": CASES[case][alg]["window"],
                            "subintervals": CASES[case][alg].get("subintervals"),
                            "precondition": CASES[case][alg].get("precondition"), "gpus": G,
@@ -133,7 +121,7 @@ def main(argv=None) -> int:
         for N in SE2P_STEPS:
             seq = se2p_seq[N]
             for exchange in ("roundtrip", "swap"):
-                rep = pardiff("se2p", "--steps", N, "--exchange", exchange, *model, "--ranks", 2, "--network", net,
+                rep = simulate("se2p", "--steps", N, "--exchange", exchange, *model, "--ranks", 2, "--network", net,
                               cwd=work)
                 se2p.append({"network": Path(net).stem if net.endswith(".json") else net, "steps": N,
                              "exchange": exchange, "sequential_s": seq, "wall_s": rep["wall_s"],

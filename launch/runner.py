@@ -1,0 +1,66 @@
+"""How the launch/ scripts run pardiff: one child process per command (under ``mpiexec -n RANKS`` when
+ranks are given), its wall time returned, a failure stopping the script with the child's stderr.
+
+A script stopped by SIGTERM (``timeout``, a batch system's time limit) first stops the commands it
+is running: left alone, an ``mpiexec`` job outlives its script, holding the GPU and the cores the
+next step needs (on a device call, an evaluation that followed a timed-out sweep ran beside the
+sweep's orphaned ranks and missed its own limit). ``mpiexec`` passes the signal on to its ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_running: set[subprocess.Popen] = set()     # children of every thread (the sweeps run settings side by side)
+_lock = threading.Lock()
+
+
+def _stop_children(signum, frame):
+    with _lock:
+        children = list(_running)
+    for child in children:
+        child.terminate()
+    raise SystemExit(128 + signum)
+
+
+if threading.current_thread() is threading.main_thread():     # signal handlers belong to the main thread
+    signal.signal(signal.SIGTERM, _stop_children)
+
+
+def pardiff(ranks: int | None, *args, cwd) -> float:
+    """``[mpiexec -n ranks] python -m pardiff args...`` in ``cwd``; returns its wall time in seconds."""
+    cmd = [sys.executable, "-m", "pardiff", *map(str, args)]
+    if ranks is not None:
+        mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+        cmd = [mpiexec, "-n", str(ranks), *cmd]
+    t0 = time.time()
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        with _lock:
+            _running.add(child)
+        try:
+            _, stderr = child.communicate()
+        finally:
+            with _lock:
+                _running.discard(child)
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr}")
+    return time.time() - t0
+
+
+def simulate(*args, cwd) -> dict:
+    """``pardiff simulate args...`` in ``cwd``: its --report."""
+    fd, report = tempfile.mkstemp(suffix=".json", dir=cwd)
+    os.close(fd)
+    try:
+        pardiff(None, "simulate", *args, "--report", report, cwd=cwd)
+        return json.loads(Path(report).read_text())
+    finally:
+        os.unlink(report)

@@ -1,0 +1,75 @@
+"""The launch/ scripts' shared pieces, run for real: the runner every study uses, and sim_compare."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import BIN, TEST_ENV, pardiff
+
+LAUNCH = Path(__file__).resolve().parent.parent / "launch"
+
+
+def processes_with(marker: str) -> list[int]:
+    """The pids whose command line holds ``marker`` as one argument."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:             # gone meanwhile
+            pass
+    return found
+
+
+def test_a_script_stopped_by_sigterm_stops_its_ranks(tmp_path):
+    """`timeout` stops a study: the mpiexec job it was running stops with it, instead of running on
+    beside whatever comes next."""
+    marker = str(900000 + os.getpid() % 99999)          # a --seed no other process of this machine has
+    script = (f"import sys; sys.path.insert(0, {str(LAUNCH)!r})\n"
+              "from runner import pardiff\n"
+              f"pardiff(2, 'run', 'se2p', '--model', 'digits-32-cfg', '--steps', 1000, '--batch', 8, '--seed', {marker},"
+              f" cwd={str(tmp_path)!r})\n")
+    env = dict(TEST_ENV, PATH=f"{BIN}{os.pathsep}{TEST_ENV['PATH']}")
+    script_proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while len(processes_with(marker)) < 3:            # mpiexec and its two ranks
+            assert time.time() < deadline and script_proc.poll() is None, script_proc.stderr.read() if \
+                script_proc.poll() is not None else "the ranks never started"
+            time.sleep(0.2)
+        time.sleep(2)                                    # the ranks are at work (the 1000 steps take far longer)
+        script_proc.terminate()
+        assert script_proc.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.time() + 30
+        while processes_with(marker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert processes_with(marker) == []
+    finally:
+        for pid in processes_with(marker):               # a failure above must not leave ranks behind
+            os.kill(pid, signal.SIGKILL)
+        if script_proc.poll() is None:
+            os.killpg(script_proc.pid, signal.SIGKILL)
+
+
+def test_sim_compare_replays_and_executes_recorded_traces(tmp_path):
+    """launch/sim_compare.py on a CPU trace of each algorithm: the replay with the recorded costs gives
+    back the recorded wall time exactly, and every trace is executed again with its own flags."""
+    pardiff(2, "run", "se2p", "--steps", 6, "--batch", 2, "--trace", "se2p.h5", cwd=tmp_path)
+    pardiff(2, "run", "parasolver", "--sampler", "ddim", "--steps", 12, "--subintervals", 4, "--window", 3,
+            "--batch", 2, "--trace", "ps.h5", cwd=tmp_path)
+    pardiff(None, "bench", "model", "--model", "gmm", "--batch", "1,2,4,6", "--repeats", 3, "--out", "prof.json",
+            cwd=tmp_path)
+    result = subprocess.run([sys.executable, str(LAUNCH / "sim_compare.py"), "se2p.h5", "ps.h5", "--profile", "prof.json",
+                             "--network", "nvlink", "--execute", "se2p", "ps", "--out", "cmp"],
+                            cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "cmp" / "validation.json").read_text())["rows"]
+    assert [r["algorithm"] for r in rows] == ["se2p", "parasolver"]
+    for r in rows:
+        assert r["replay_recorded_error"] == 0.0 and r["execute_s"] > 0 and "replay_model_s" in r
+    assert "--gamma" in rows[0]["execute_flags"] and "--window" not in rows[0]["execute_flags"]
+    assert "--window 3" in rows[1]["execute_flags"] and "--gamma" not in rows[1]["execute_flags"]
