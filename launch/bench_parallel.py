@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runner import run_child
+
 HERE = Path(__file__).resolve().parent
 
 # The papers' settings for LSUN Church (ParaSolver §5.1, Tables 2-3; ParaDiGMS Table 5).
@@ -90,10 +92,7 @@ def run(cmd: list[str], timeout: float, log) -> tuple[int, float]:
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
     log.flush()
     t0 = time.time()
-    try:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
-    except subprocess.TimeoutExpired:
-        rc = 124
+    rc = run_child(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
     return rc, time.time() - t0
 
 

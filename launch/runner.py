@@ -1,5 +1,6 @@
-"""How the launch/ scripts run pardiff: one child process per command (under ``mpiexec -n RANKS`` when
-ranks are given), its wall time returned, a failure stopping the script with the child's stderr.
+"""How the launch/ scripts run commands: ``pardiff`` (one child process per command, under ``mpiexec -n
+RANKS`` when ranks are given; its wall time returned, a failure stopping the script with the child's
+stderr), ``simulate`` (its report) and, under both, ``run_child``.
 
 A script stopped by SIGTERM (``timeout``, a batch system's time limit) first stops the commands it
 is running: left alone, an ``mpiexec`` job outlives its script, holding the GPU and the cores the
@@ -31,8 +32,29 @@ def _stop_children(signum, frame):
     raise SystemExit(128 + signum)
 
 
-if threading.current_thread() is threading.main_thread():     # signal handlers belong to the main thread
+# on import, in the main thread (signal handlers belong to it), unless the program has its own handler
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
     signal.signal(signal.SIGTERM, _stop_children)
+
+
+def run_child(cmd: list, cwd=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+              timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` as a child this module stops on SIGTERM; past ``timeout`` seconds it is stopped too
+    and the return code is 124 (what ``timeout`` returns)."""
+    with subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=stderr, text=True) as child:
+        with _lock:
+            _running.add(child)
+        try:
+            out, err = child.communicate(timeout=timeout)
+            rc = child.returncode
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            out, err = child.communicate()
+            rc = 124
+        finally:
+            with _lock:
+                _running.discard(child)
+    return subprocess.CompletedProcess(cmd, rc, out, err)
 
 
 def pardiff(ranks: int | None, *args, cwd) -> float:
@@ -42,16 +64,9 @@ def pardiff(ranks: int | None, *args, cwd) -> float:
         mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
         cmd = [mpiexec, "-n", str(ranks), *cmd]
     t0 = time.time()
-    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        with _lock:
-            _running.add(child)
-        try:
-            _, stderr = child.communicate()
-        finally:
-            with _lock:
-                _running.discard(child)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr}")
+    result = run_child(cmd, cwd=cwd)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
     return time.time() - t0
 
 
