@@ -69,12 +69,14 @@ def test_simulated_run_equals_real_run(pairs, name, ranks):
         assert {"compute_s", "communication_s", "waiting_s", "idle_s"} <= set(row)
 
 
-def test_replay_of_a_simulated_trace_reproduces_it(tmp_path):
+@pytest.mark.parametrize("eval_batch", [0, 1])
+def test_replay_of_a_simulated_trace_reproduces_it(tmp_path, eval_batch):
     """Replay applies the virtual Comm's own rules: under the same network and profile it gives
-    back every time of the simulated run, first-evaluation costs included."""
+    back every time of the simulated run, first-evaluation costs included (and with --eval-batch 1,
+    a window's rows priced in pieces)."""
     prof = _profile_file(tmp_path / "p.json")
     args = ["parasolver", "--sampler", "ddim", "--model", "gmm", "--steps", 40, "--subintervals", 10,
-            "--precondition", 2, "--window", 5, "--tol", 0.05, "--seed", 0, "--batch", 1]
+            "--precondition", 2, "--window", 5, "--tol", 0.05, "--seed", 0, "--batch", 1, "--eval-batch", eval_batch]
     pardiff(None, "simulate", *args, "--ranks", 3, "--network", "eth-10g", "--profile", prof, "--trace", "s.h5",
             cwd=tmp_path)
     trace = load_trace(tmp_path / "s.h5")

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..config import eval_pieces
 from ..trace.recorder import Recorder
 from .base import Comm
 
@@ -83,8 +82,7 @@ class VirtualRecorder(Recorder):
         yield
         if kind == "compute":
             if self.profile:
-                for rows in eval_pieces(fields.get("batch", 1), self.eval_batch):
-                    self.vclock.t += self.profile.charge(self.seen_batches, rows)
+                self.vclock.t += self.profile.charge(self.seen_batches, fields.get("batch", 1), self.eval_batch)
             else:
                 self.vclock.t += time.thread_time() - cpu0
         elif kind == "host":

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from ..config import eval_pieces
+
 FORMAT = "pardiff-profile"
 SHIPPED = os.path.join(os.path.dirname(__file__), "profiles")     # <device>_<model>_<dtype>.json
 
@@ -67,12 +69,16 @@ class Profile:
         extra = [f - s for f, s in zip(self.first, self.seconds)]
         return steady + max(0.0, float(np.interp(batch, self.batch, extra)))   # the extra is flat beyond the ends
 
-    def charge(self, seen: set, batch: int) -> float:
-        """Seconds for a rank's evaluation of ``batch``, given the sizes it has ``seen`` (updated).
-        A run evaluates its --batch once before its clock starts: start ``seen`` with it."""
-        first = batch not in seen
-        seen.add(batch)
-        return self.eval_s(batch, first)
+    def charge(self, seen: set, batch: int, eval_batch: int = 0) -> float:
+        """Seconds for a rank's evaluation of ``batch`` rows, given the sizes it has ``seen`` (updated).
+        A run evaluates its --batch once before its clock starts: start ``seen`` with it. Under
+        --eval-batch the rows reach the network in pieces, one after another, each priced at its size."""
+        total = 0.0
+        for rows in eval_pieces(batch, eval_batch):
+            first = rows not in seen
+            seen.add(rows)
+            total += self.eval_s(rows, first)
+        return total
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "model": self.model, "dtype": self.dtype, "device": self.device,

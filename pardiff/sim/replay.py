@@ -93,6 +93,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
     n_coll = {r: 0 for r in old}               # collectives each rank has passed
     clock = {r: 0.0 for r in old}
     params = trace.attrs.get("params") if isinstance(trace.attrs.get("params"), dict) else {}
+    eval_batch = int(params.get("eval_batch") or 0)     # --eval-batch: evaluations in pieces (older traces: none)
     # batch sizes each rank evaluated before its clock started (older traces: --batch alone)
     seen = {}
     for r in old:
@@ -160,7 +161,7 @@ def retime(trace: Trace, network=None, profile=None) -> dict[int, np.ndarray]:
                             latency = max(0.0, float(ready_at[recv[0]][recv[1]] - row["t_start"]))
                         arrival[(r, i)] = start + latency
                 elif kind == "compute" and profile is not None:
-                    end = start + profile.charge(seen[r], int(row["batch"]))
+                    end = start + profile.charge(seen[r], int(row["batch"]), eval_batch)
                 else:
                     end = start + float(row["t_end"] - row["t_start"])
                 new[r]["t_start"][i], new[r]["t_ready"][i], new[r]["t_end"][i] = start, ready, end
