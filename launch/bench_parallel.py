@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner import run_child
+from runner import run_child, stop_children_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 
@@ -132,6 +132,7 @@ def main() -> int:
                          "a parallel run's speedup is reported (default %(default)s)")
     ap.add_argument("--exchange", default="swap", help="SE2P's exchange: roundtrip | swap (default)")
     args = ap.parse_args()
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     launcher = [str(HERE / "mpirun.sh")]

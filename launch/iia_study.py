@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import decoder_of, grid_png, sampling_device  # noqa: E402  (the grids, device line and latent
 # models' decoder of the quality studies)
-from runner import pardiff  # noqa: E402
+from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 # solver -> (IIA sampler, base sampler, steps per NFE budget, extra flags); NFE = model evaluations per sample
 # (the guided ε̈ is one evaluation of the guided model: two network batches in one call)
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
                     help="--eval's reference (default %(default)s; lfw-faces for samples guided to the face class, "
                          "digits:D for digits guided to D)")
     args = ap.parse_args(argv)
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     if shutil.which("mpiexec") is None:
         raise SystemExit("no mpiexec on PATH (pip install -e '.[mpich]')")
     out_dir = Path(args.out_dir)

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import paired, sampling_device  # noqa: E402
-from runner import pardiff  # noqa: E402
+from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 STEPS = 30
 
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-only", action="store_true",
                     help="sample and stop; a later call with the same flags evaluates (e.g. on another machine)")
     args = ap.parse_args(argv)
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     if not args.seeds or args.jobs < 1 or args.batch < 2:
         ap.error("--seeds needs a value, --jobs at least 1, --batch at least 2 (standard errors)")
     out_dir = Path(args.out_dir)

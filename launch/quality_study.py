@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import pardiff  # noqa: E402
+from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 GAMMA = 0.015
 
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grid-cols", type=int, default=10)
     args = ap.parse_args(argv)
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="quality-study-"))

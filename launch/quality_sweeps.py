@@ -41,6 +41,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import decoder_of, grid_png, paired, sampling_device  # noqa: E402  (paired statistics,
 # grids, device line, latent models' decoder)
-from runner import pardiff  # noqa: E402
+from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 GAMMA = 0.015
 GAMMAS_FIG26 = [0.00015, 0.0015, 0.015, 0.15, 0.5, 0.75]
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1,
                     help="settings run at once (a GPU node: its ranks share the GPU; the results do not change)")
     args = ap.parse_args(argv)
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1; got {args.jobs}")
     if args.sample_only and args.no_run:
@@ -138,6 +140,14 @@ def main(argv=None) -> int:
     old = json.loads(results_path.read_text()) if results_path.exists() else {}
     wall_file = samples_dir / "run_wall_s.json"     # each run's wall time, kept across calls
     wall = {**old.get("meta", {}).get("run_wall_s", {}), **(json.loads(wall_file.read_text()) if wall_file.exists() else {})}
+    # the flags every set in the folder was sampled with, and where (a --no-run call may be on another machine)
+    sampled_file = samples_dir / "sampled.json"
+    sampled = json.loads(sampled_file.read_text()) if sampled_file.exists() else {"calls": []}
+    flags = {"model": args.model, "batch": args.batch, "seed": args.seed}
+    differ = [k for k in flags if k in sampled and sampled[k] != flags[k]]
+    if differ:
+        ap.error(f"{samples_dir} holds samples of " + ", ".join(f"--{k} {sampled[k]}" for k in differ)
+                 + ": give the same, or another --out-dir")
     t0 = time.time()
 
     runs = settings(args.groups, args.procs_10, args.procs_20, args.procs_40)
@@ -146,17 +156,26 @@ def main(argv=None) -> int:
         unique.setdefault(r["tag"], r)
     todo = [r for tag, r in unique.items() if not (samples_dir / f"{tag}.npy").exists() and not args.no_run]
 
+    if todo:
+        sampled.update(flags)
+        sampled["calls"].append({"device": sampling_device(), "eval_batch": args.eval_batch, "jobs": args.jobs,
+                                 "torch": torch.__version__,
+                                 "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                                 "settings": [r["tag"] for r in todo]})
+        sampled_file.write_text(json.dumps(sampled, indent=1) + "\n")
+    lock = threading.Lock()
+
     def run(r):
-        wall[r["tag"]] = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed",
-                                 args.seed, "--batch", args.batch, "--eval-batch", args.eval_batch,
-                                 "--out", f"{r['tag']}.npy", cwd=samples_dir)
-        print(f"{r['tag']:24s} P={r['ranks']:2d} {wall[r['tag']]:7.1f} s", flush=True)
+        w = pardiff(r["ranks"], "run", *r["args"], "--model", args.model, "--steps", r["n"], "--seed", args.seed,
+                    "--batch", args.batch, "--eval-batch", args.eval_batch, "--out", f"{r['tag']}.npy", cwd=samples_dir)
+        with lock:                                  # kept as each run ends: a time limit keeps what ran
+            wall[r["tag"]] = w
+            wall_file.write_text(json.dumps(wall, indent=1) + "\n")
+        print(f"{r['tag']:24s} P={r['ranks']:2d} {w:7.1f} s", flush=True)
 
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(args.jobs) as pool:     # threads only wait on the subprocesses
         list(pool.map(run, todo))
-    if todo:
-        wall_file.write_text(json.dumps(wall, indent=1) + "\n")
     if args.sample_only:
         print(f"sampled {len(todo)} settings in {time.time() - t0:.0f} s; evaluate with --no-run")
         return 0
@@ -216,10 +235,11 @@ def main(argv=None) -> int:
             d.mkdir(parents=True, exist_ok=True)
             grid_png(d / f"quality_sweeps_{prefix}{group}.png", rows, min(args.grid_cols, args.batch))
 
-    meta = {"model": args.model, "reference": args.reference, "batch": args.batch, "jobs": args.jobs,
-            "eval_batch": args.eval_batch, "decoded_with": args.model if decoder is not None else None,
+    meta = {"model": args.model, "reference": args.reference, "batch": args.batch,
+            "decoded_with": args.model if decoder is not None else None,
             "seed": args.seed, "groups": groups,
-            "device": sampling_device(), "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+            "device": "; ".join(dict.fromkeys(c["device"] for c in sampled["calls"])) or sampling_device(),
+            "sampled_on": sampled["calls"], "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "wall_s_this_call": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 _running: set[subprocess.Popen] = set()     # children of every thread (the sweeps run settings side by side)
-_lock = threading.Lock()
+_lock = threading.RLock()                   # re-entrant: SIGTERM may arrive while the main thread holds it
 
 
 def _stop_children(signum, frame):
@@ -32,8 +32,10 @@ def _stop_children(signum, frame):
     raise SystemExit(128 + signum)
 
 
-# on import, in the main thread (signal handlers belong to it), unless the program has its own handler
-if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+def stop_children_on_sigterm() -> None:
+    """Make SIGTERM stop this script's running children, then the script (exit status 143). Each
+    script's main() calls it (the main thread's job: signal handlers belong to it); importing this
+    module changes nothing, so a test that imports a script keeps pytest's own handling."""
     signal.signal(signal.SIGTERM, _stop_children)
 
 
@@ -49,7 +51,11 @@ def run_child(cmd: list, cwd=None, stdout=subprocess.PIPE, stderr=subprocess.PIP
             rc = child.returncode
         except subprocess.TimeoutExpired:
             child.terminate()
-            out, err = child.communicate()
+            try:
+                out, err = child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:       # deaf to SIGTERM: as the old subprocess.run did
+                child.kill()
+                out, err = child.communicate()
             rc = 124
         finally:
             with _lock:

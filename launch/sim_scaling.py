@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench_parallel import CASES, SUBINTERVAL_CASES, WINDOW_CASES, case_flags
-from runner import simulate
+from runner import simulate, stop_children_on_sigterm
 
 NETWORKS = ["nvlink", "h200-mpi-staged", "pcie", "ib-hdr", "eth-100g", "eth-10g"]
 MODEL = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--stand-in", "--profile", "h200", "--seed", "0",
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window-cases", help="comma-separated: only these cases of the window study (default: "
                                            "WINDOW_CASES and SUBINTERVAL_CASES of bench_parallel.py)")
     args = ap.parse_args(argv)
+    stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     if args.profile.endswith(".json"):         # the simulations run in a work folder
         args.profile = str(Path(args.profile).resolve())
     model = [args.profile if a == "h200" else a for a in MODEL]

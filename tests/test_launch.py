@@ -25,34 +25,33 @@ def processes_with(marker: str) -> list[int]:
 
 
 def test_a_script_stopped_by_sigterm_stops_its_ranks(tmp_path):
-    """`timeout` stops a study: the mpiexec job it was running stops with it, instead of running on
-    beside whatever comes next."""
+    """`timeout` stops a study running two settings at once (threads, each waiting on an mpiexec job):
+    the jobs stop with it, instead of running on beside whatever comes next."""
     marker = str(900000 + os.getpid() % 99999)          # a --seed no other process of this machine has
-    script = (f"import sys; sys.path.insert(0, {str(LAUNCH)!r})\n"
-              "from runner import pardiff\n"
-              f"pardiff(2, 'run', 'se2p', '--model', 'digits-32-cfg', '--steps', 1000, '--batch', 8, '--seed', {marker},"
-              f" cwd={str(tmp_path)!r})\n")
+    cmd = [sys.executable, str(LAUNCH / "quality_sweeps.py"), "--out-dir", "q", "--model", "digits-32-cfg",
+           "--reference", "digits", "--groups", "n100", "--batch", 32, "--jobs", 2, "--seed", marker, "--sample-only"]
     env = dict(TEST_ENV, PATH=f"{BIN}{os.pathsep}{TEST_ENV['PATH']}")
-    script_proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    script = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        while len(processes_with(marker)) < 3:            # mpiexec and its two ranks
-            assert time.time() < deadline and script_proc.poll() is None, script_proc.stderr.read() if \
-                script_proc.poll() is not None else "the ranks never started"
+        deadline = time.time() + 90
+        while len(processes_with(marker)) < 5:            # two mpiexec jobs: the baseline's rank, SE2P's two
+            assert script.poll() is None, script.stderr.read()
+            assert time.time() < deadline, f"the ranks never started: {processes_with(marker)}"
             time.sleep(0.2)
-        time.sleep(2)                                    # the ranks are at work (the 1000 steps take far longer)
-        script_proc.terminate()
-        assert script_proc.wait(timeout=30) == 128 + signal.SIGTERM
+        time.sleep(2)                                    # at work (100 steps of 32 samples take far longer)
+        script.terminate()
+        assert script.wait(timeout=60) == 128 + signal.SIGTERM
         deadline = time.time() + 30
         while processes_with(marker) and time.time() < deadline:
             time.sleep(0.2)
         assert processes_with(marker) == []
+        assert not list((tmp_path / "q" / "samples").glob("*.npy"))     # no setting finished
     finally:
         for pid in processes_with(marker):               # a failure above must not leave ranks behind
             os.kill(pid, signal.SIGKILL)
-        if script_proc.poll() is None:
-            os.killpg(script_proc.pid, signal.SIGKILL)
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
 
 
 def test_sim_compare_replays_and_executes_recorded_traces(tmp_path):

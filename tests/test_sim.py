@@ -180,6 +180,23 @@ def test_eval_batch_is_warmed_and_charged_piece_by_piece():
     assert whole.now() == pytest.approx(0.028)               # the profile's line, extended: 10 + 9 x 2 ms
 
 
+def test_eval_batch_bounds_the_rows_the_network_sees():
+    """Context.eps under --eval-batch 2: five rows with per-row timesteps reach the model as 2, 2, 1,
+    and the result is the whole batch's, bit for bit (the analytic model is row by row)."""
+    from pardiff.models import load_model
+    from pardiff.runtime import Context
+    model = load_model("gmm")
+    whole_eps, calls = model.eps, []
+    model.eps = lambda x, t, labels=None: (calls.append(x.shape[0]), whole_eps(x, t, labels))[1]
+    comm = VirtualComm(World(1, load_network("nvlink")), 0)
+    comm.recorder = comm.make_recorder(None, [1, 2], batch=5, eval_batch=2)
+    ctx = Context(RunConfig("sequential", batch=5, eval_batch=2), comm, model, torch.device("cpu"))
+    x, t = torch.randn(5, *model.sample_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([900, 700, 500, 300, 100])
+    out = ctx.eps(x, t, line="test")
+    assert calls == [2, 2, 1]
+    assert torch.equal(out, whole_eps(x, t))
+
+
 def test_network_collectives_and_contention():
     intra, inter = Link(1e-6, 1e9), Link(1e-5, 1e8)
     net = Network("t", intra, inter, 2)                    # nodes {0, 1}, {2, 3}
