@@ -87,13 +87,13 @@ class Context:
     def _network(self, x: torch.Tensor, t, labels):
         """The model on ``x``, in pieces of at most --eval-batch rows (one after another: the memory of
         one piece's activations at a time). Every row's result is the network's on that row."""
-        size = self.cfg.eval_batch
-        if not size or x.shape[0] <= size:
+        pieces = eval_pieces(x.shape[0], self.cfg.eval_batch)     # the sizes warm_batches warmed
+        if len(pieces) == 1:
             return self.model.eps(x, t, labels)
         per_row = torch.is_tensor(t) and t.numel() == x.shape[0]
-        return torch.cat([self.model.eps(x[i:i + size], t[i:i + size] if per_row else t,
-                                         None if labels is None else labels[i:i + size])
-                          for i in range(0, x.shape[0], size)])
+        ts = t.split(pieces) if per_row else [t] * len(pieces)
+        labels = labels.split(pieces) if labels is not None else [None] * len(pieces)
+        return torch.cat([self.model.eps(*piece) for piece in zip(x.split(pieces), ts, labels)])
 
     def host(self, label: str, line: str, step: int = -1, iter: int = -1):
         """A traced block of local arithmetic (kind ``host``)."""
@@ -384,7 +384,6 @@ def warm_batches(cfg: RunConfig, rank: int, size: int) -> list[int]:
         sizes = [max(len(share(cfg.batch, rank, size)), 1)]
     factor = 2 if cfg.guidance is not None else 1
     return sorted({piece for b in sizes for piece in eval_pieces(b * factor, cfg.eval_batch)})
-
 
 
 def warm_up(model, device: torch.device, batches: list[int], fractional: bool = False) -> None:
