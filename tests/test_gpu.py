@@ -96,6 +96,21 @@ def test_host_staging_between_ranks_on_one_gpu(tmp_path, staging, extra):
     assert trace.attrs["backend"] == "mpi"
 
 
+def test_eval_batch_pieces_replay_from_cuda_graphs(tmp_path):
+    """--eval-batch on a GPU: the warm-up captures one CUDA graph per piece size (4 and 2 for 6 rows),
+    replaying them gives the eager pieces' sample bit for bit, and float32 pieces give the whole-batch
+    sample up to the convolutions' rounding at another batch size (what the 5120-sample studies rely on)."""
+    args = ["se2p", "--model", "lfw-32", "--steps", 10, "--batch", 6, "--seed", 1, "--device", "cuda", "--tf32", "off"]
+    one_gpu = {**TEST_ENV, "CUDA_VISIBLE_DEVICES": "0"}
+    pardiff(2, "run", *args, "--out", "whole.npy", cwd=tmp_path, env=one_gpu)
+    for mode in ("off", "on"):
+        pardiff(2, "run", *args, "--eval-batch", 4, "--cuda-graphs", mode, "--out", f"pieces-{mode}.npy",
+                cwd=tmp_path, env=one_gpu)
+    off, on = np.load(tmp_path / "pieces-off.npy"), np.load(tmp_path / "pieces-on.npy")
+    assert np.array_equal(off, on)
+    np.testing.assert_allclose(on, np.load(tmp_path / "whole.npy"), rtol=0, atol=1e-4)
+
+
 def test_shared_staging_gives_parasolver_the_pinned_sample(tmp_path):
     """ParaSolver's messages (points and drifts of every window size) through a 1 MiB shared lane,
     some too large for it (they go the pinned way after their header): the pinned path's sample."""
