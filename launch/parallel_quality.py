@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import paired, sampling_device  # noqa: E402
+from quality_study import log_sampling_call, paired, sampling_log  # noqa: E402
 from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 STEPS = 30
@@ -105,6 +105,10 @@ def main(argv=None) -> int:
             todo.append((r["tag"], seed, args.ranks, ["run", r["algo"], "--sampler", "ddim", "--steps", STEPS,
                                                       *r["flags"], *common]))
     todo = [t for t in todo if not (samples_dir / sample_name(t[0], t[1], seeds)).exists()]
+    flags = {"model": args.model, "batch": args.batch, "ranks": args.ranks}     # what every sample file shares
+    sampled = sampling_log(samples_dir, flags, ap.error)
+    if todo:
+        log_sampling_call(samples_dir, sampled, flags, jobs=args.jobs, runs=[f"{t[0]} seed {t[1]}" for t in todo])
 
     def sample(job) -> tuple[str, int, float]:
         tag, seed, ranks, run_args = job
@@ -119,12 +123,6 @@ def main(argv=None) -> int:
         for tag, seed, w in pool.map(sample, todo):
             wall[f"{tag} seed {seed}"] = w
             print(f"{tag:24s} seed {seed:4d}  {w:6.1f} s", flush=True)
-    machines = samples_dir / "sampled_on.json"       # where each batch of runs was sampled (--sample-only elsewhere)
-    sampled_on = json.loads(machines.read_text()) if machines.exists() else []
-    if todo:
-        sampled_on.append({"device": sampling_device(), "torch": torch.__version__, "python": platform.python_version(),
-                           "date": time.strftime("%Y-%m-%d"), "runs": len(todo), "wall_s": round(time.time() - t0)})
-        machines.write_text(json.dumps(sampled_on, indent=1) + "\n")
     if args.sample_only:
         print(f"sampled {len(todo)} runs in {time.time() - t0:.0f} s; evaluate with the same flags, "
               "without --sample-only")
@@ -162,7 +160,7 @@ def main(argv=None) -> int:
         diffs[t] = paired(samples[t], seq, classify)
 
     meta = {"model": args.model, "batch": args.batch, "seeds": seeds, "samples": len(seq), "ranks": args.ranks,
-            "steps": STEPS, "sampler": "ddim", "far": args.far, "sampled_on": sampled_on,
+            "steps": STEPS, "sampler": "ddim", "far": args.far, "sampled_on": sampled["calls"],
             "evaluated_on": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "wall_s": time.time() - t0, "run_wall_s": wall,

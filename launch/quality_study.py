@@ -39,6 +39,28 @@ def sampling_device() -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
+def sampling_log(samples_dir: Path, flags: dict, error) -> dict:
+    """How the sample sets in ``samples_dir`` were made (``samples_dir/sampled.json``): the ``flags`` they
+    all share and one entry per sampling call (machine, versions, date, what it ran), so that an
+    evaluation in a later call, perhaps on another machine, says where its samples came from. Flags
+    that differ from those already recorded are refused through ``error`` (a parser's)."""
+    path = samples_dir / "sampled.json"
+    log = json.loads(path.read_text()) if path.exists() else {"calls": []}
+    differ = [k for k in flags if k in log and log[k] != flags[k]]
+    if differ:
+        error(f"{samples_dir} holds samples of " + ", ".join(f"--{k} {log[k]}" for k in differ)
+              + ": give the same, or another --out-dir")
+    return log
+
+
+def log_sampling_call(samples_dir: Path, log: dict, flags: dict, **what) -> None:
+    """Add this call to ``sampling_log``'s record (before its runs: a time limit keeps what ran)."""
+    log.update(flags)
+    log["calls"].append({"device": sampling_device(), "torch": torch.__version__, "python": platform.python_version(),
+                         "date": time.strftime("%Y-%m-%d %H:%M"), **what})
+    (samples_dir / "sampled.json").write_text(json.dumps(log, indent=1) + "\n")
+
+
 def decoder_of(model: str):
     """The model itself when it is a latent model (its samples are latents to decode), else None."""
     from pardiff.models import load_model

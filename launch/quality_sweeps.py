@@ -49,8 +49,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import decoder_of, grid_png, paired, sampling_device  # noqa: E402  (paired statistics,
-# grids, device line, latent models' decoder)
+from quality_study import (decoder_of, grid_png, log_sampling_call, paired,  # noqa: E402  (paired statistics,
+                           sampling_device, sampling_log)            # grids, the sampling record, latents' decoder)
 from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 GAMMA = 0.015
@@ -141,13 +141,8 @@ def main(argv=None) -> int:
     wall_file = samples_dir / "run_wall_s.json"     # each run's wall time, kept across calls
     wall = {**old.get("meta", {}).get("run_wall_s", {}), **(json.loads(wall_file.read_text()) if wall_file.exists() else {})}
     # the flags every set in the folder was sampled with, and where (a --no-run call may be on another machine)
-    sampled_file = samples_dir / "sampled.json"
-    sampled = json.loads(sampled_file.read_text()) if sampled_file.exists() else {"calls": []}
     flags = {"model": args.model, "batch": args.batch, "seed": args.seed}
-    differ = [k for k in flags if k in sampled and sampled[k] != flags[k]]
-    if differ:
-        ap.error(f"{samples_dir} holds samples of " + ", ".join(f"--{k} {sampled[k]}" for k in differ)
-                 + ": give the same, or another --out-dir")
+    sampled = sampling_log(samples_dir, flags, ap.error)
     t0 = time.time()
 
     runs = settings(args.groups, args.procs_10, args.procs_20, args.procs_40)
@@ -157,12 +152,8 @@ def main(argv=None) -> int:
     todo = [r for tag, r in unique.items() if not (samples_dir / f"{tag}.npy").exists() and not args.no_run]
 
     if todo:
-        sampled.update(flags)
-        sampled["calls"].append({"device": sampling_device(), "eval_batch": args.eval_batch, "jobs": args.jobs,
-                                 "torch": torch.__version__,
-                                 "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
-                                 "settings": [r["tag"] for r in todo]})
-        sampled_file.write_text(json.dumps(sampled, indent=1) + "\n")
+        log_sampling_call(samples_dir, sampled, flags, eval_batch=args.eval_batch, jobs=args.jobs,
+                          settings=[r["tag"] for r in todo])
     lock = threading.Lock()
 
     def run(r):

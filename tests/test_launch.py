@@ -1,4 +1,5 @@
-"""The launch/ scripts' shared pieces, run for real: the runner every study uses, and sim_compare."""
+"""The launch/ scripts' shared pieces, run for real: the runner every study uses, the quality scripts'
+record of how their samples were made, and sim_compare."""
 import json
 import os
 import signal
@@ -6,6 +7,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import BIN, TEST_ENV, pardiff
 
@@ -72,3 +75,32 @@ def test_sim_compare_replays_and_executes_recorded_traces(tmp_path):
         assert r["replay_recorded_error"] == 0.0 and r["execute_s"] > 0 and "replay_model_s" in r
     assert "--gamma" in rows[0]["execute_flags"] and "--window" not in rows[0]["execute_flags"]
     assert "--window 3" in rows[1]["execute_flags"] and "--gamma" not in rows[1]["execute_flags"]
+
+
+def test_a_samples_folder_keeps_its_flags_and_refuses_others(tmp_path):
+    """Both quality scripts record how a folder's samples were made (samples/sampled.json, one entry per
+    sampling call) and refuse to add to it, or evaluate it, with another --model/--batch/…: mixing
+    sets of different sizes or models would be paired sample by sample without a word."""
+    samples = tmp_path / "q" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "sampled.json").write_text(json.dumps({"model": "lfw-32", "batch": 16, "ranks": 2, "calls": []}))
+    for script, args in (("parallel_quality.py", ["--batch", "8", "--sample-only"]),
+                         ("quality_sweeps.py", ["--batch", "16", "--model", "digits-32-cfg", "--no-run"])):
+        result = subprocess.run([sys.executable, str(LAUNCH / script), "--out-dir", str(tmp_path / "q"), *args],
+                                env=TEST_ENV, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (script, result.stderr)
+        said = "--batch 16" if script == "parallel_quality.py" else "--model lfw-32"
+        assert said in result.stderr and "another --out-dir" in result.stderr, result.stderr
+    assert not [p for p in samples.iterdir() if p.suffix == ".npy"]          # nothing ran
+
+    sys.path.insert(0, str(LAUNCH))
+    from quality_study import log_sampling_call, sampling_log
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    flags = {"model": "gmm", "batch": 4, "seed": 1}
+    for call in ("first", "second"):
+        log = sampling_log(fresh, flags, pytest.fail)
+        log_sampling_call(fresh, log, flags, settings=[call])
+    record = json.loads((fresh / "sampled.json").read_text())
+    assert record["batch"] == 4 and [c["settings"] for c in record["calls"]] == [["first"], ["second"]]
+    assert all(c["device"] and c["torch"] and c["date"] for c in record["calls"])
