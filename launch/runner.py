@@ -76,6 +76,12 @@ def pardiff(ranks: int | None, *args, cwd) -> float:
     return time.time() - t0
 
 
+def shipped_or_file(value: str) -> str:
+    """A --profile or --network value for commands that run in a work folder: a shipped name as it is,
+    a file (or a name ending in .json) as its absolute path, so it means what it meant where it was given."""
+    return str(Path(value).resolve()) if value.endswith(".json") or Path(value).is_file() else value
+
+
 def simulate(*args, cwd) -> dict:
     """``pardiff simulate args...`` in ``cwd``: its --report."""
     fd, report = tempfile.mkstemp(suffix=".json", dir=cwd)

@@ -27,7 +27,7 @@ from pardiff.config import FLAG_ALGORITHMS
 from pardiff.trace.reader import load_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import simulate, stop_children_on_sigterm  # noqa: E402
+from runner import shipped_or_file, simulate, stop_children_on_sigterm  # noqa: E402
 
 RUN_FLAGS = ("model", "steps", "seed", "batch", "dtype", "sampler", "subintervals", "precondition", "window", "tol",
              "gamma", "rho", "integration", "mu_pred", "seed_sharing", "return_latent", "exchange", "clean_estimate",
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
     # the runs work in --out: a profile or network given as a file is named from here
-    args.profile, args.network = (str(Path(a).resolve()) if Path(a).is_file() else a for a in (args.profile, args.network))
+    args.profile, args.network = shipped_or_file(args.profile), shipped_or_file(args.network)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench_parallel import CASES, SUBINTERVAL_CASES, WINDOW_CASES, case_flags
-from runner import simulate, stop_children_on_sigterm
+from runner import shipped_or_file, simulate, stop_children_on_sigterm
 
 NETWORKS = ["nvlink", "h200-mpi-staged", "pcie", "ib-hdr", "eth-100g", "eth-10g"]
 MODEL = ["--model", "arch:ddpm-church-256", "--dtype", "float16", "--stand-in", "--profile", "h200", "--seed", "0",
@@ -58,8 +58,7 @@ def main(argv=None) -> int:
                                            "WINDOW_CASES and SUBINTERVAL_CASES of bench_parallel.py)")
     args = ap.parse_args(argv)
     stop_children_on_sigterm()         # a time limit's SIGTERM stops the running jobs too
-    if args.profile.endswith(".json"):         # the simulations run in a work folder
-        args.profile = str(Path(args.profile).resolve())
+    args.profile = shipped_or_file(args.profile)       # the simulations run in a work folder
     model = [args.profile if a == "h200" else a for a in MODEL]
     studies = args.studies.split(",")
     unknown = set(studies) - {"networks", "table5", "se2p", "window"}
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     se2p_seq = {N: sequential_s("sequential", "--sampler", "ddpm", "--steps", N) for N in SE2P_STEPS} \
         if "se2p" in studies else {}
     for net in args.se2p_networks.split(",") if "se2p" in studies else []:
-        net = str(Path(net).resolve()) if net.endswith(".json") else net
+        net = shipped_or_file(net)
         for N in SE2P_STEPS:
             seq = se2p_seq[N]
             for exchange in ("roundtrip", "swap"):
