@@ -177,7 +177,6 @@ def main(argv=None) -> int:
     data, _ = load_dataset(args.reference, 32)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
     n_data = len(pick)
-    np.save(samples_dir / "data.npy", data[pick].numpy())
     samples = {t: np.load(samples_dir / f"{t}.npy") for t in tags}
     decoder = decoder_of(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,12 +187,10 @@ def main(argv=None) -> int:
             images_dir = Path(tmp)
             for t, x in samples.items():
                 np.save(images_dir / f"{t}.npy", x)
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", args.reference,
+        np.save(images_dir / "data.npy", data[pick].numpy())    # the training images: one evaluation, one feature net
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "data.npy", "--reference", args.reference,
                 "--report", str(Path(tmp) / "eval.json"), cwd=images_dir)
-        pardiff(None, "eval", "data.npy", "--reference", args.reference, "--report", str(Path(tmp) / "data.json"),
-                cwd=samples_dir)
         report = json.loads((Path(tmp) / "eval.json").read_text())
-        report["files"]["data.npy"] = json.loads((Path(tmp) / "data.json").read_text())["files"]["data.npy"]
     metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
     from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
     ref = DataReference(args.reference)         # the same seeded classifier pardiff eval used
