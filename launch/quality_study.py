@@ -97,15 +97,15 @@ def paired(x: np.ndarray, base: np.ndarray, classify) -> dict:
 
 
 def grid_png(path: Path, rows: list[np.ndarray], cols: int, scale: int = 2) -> None:
-    """Rows of images (B, 1, H, W) in [-1, 1], the first ``cols`` of each, upscaled ``scale``×."""
+    """Rows of images (B, C, H, W) in [-1, 1] (C: 1 gray, 3 RGB), the first ``cols`` of each, upscaled ``scale``×."""
     from PIL import Image
-    H, W = rows[0].shape[-2:]
-    canvas = np.zeros((len(rows) * H, cols * W), dtype=np.float32)
+    C, H, W = rows[0].shape[-3:]
+    canvas = np.zeros((len(rows) * H, cols * W, C), dtype=np.float32)
     for r, x in enumerate(rows):
         for c in range(cols):
-            canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = x[c, 0]
+            canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = x[c].transpose(1, 2, 0)
     pixels = ((np.clip(canvas, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-    Image.fromarray(pixels).resize((cols * W * scale, len(rows) * H * scale), Image.NEAREST).save(path)
+    Image.fromarray(pixels[..., 0] if C == 1 else pixels).resize((cols * W * scale, len(rows) * H * scale), Image.NEAREST).save(path)
 
 
 def main(argv=None) -> int:

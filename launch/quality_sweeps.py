@@ -7,7 +7,7 @@ for the papers' 5 000).
 Every setting is one ``pardiff run`` (the baseline ``sequential --sampler ddpm`` on 1 rank, SE2P under
 ``mpiexec -n P``) from the same --seed, so sample i of every setting starts from the same initial noise;
 then one ``pardiff eval --reference REF`` over every set and --batch training images (--reference: lfw, the
-default, or digits for the models trained on the digits).
+default, digits for the models trained on the digits, photos for the colour model photos-32-cfg).
 Groups (--groups):
 
 - ``table4``: N ∈ {10, 20}: DDPM baseline, naive ablation, SE2P ρ ∈ {1.35, 1.55} (γ = 0.015; Tables 1/4,
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--procs-20", nargs="*", type=int, default=[2, 4, 10])
     ap.add_argument("--procs-40", nargs="*", type=int, default=[])
     ap.add_argument("--model", default="lfw-32")
-    ap.add_argument("--reference", default="lfw", choices=("lfw", "digits"),
+    ap.add_argument("--reference", default="lfw", choices=("lfw", "digits", "photos"),
                     help="the data set the model was trained on: its images, feature net and classes for every metric")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--eval-batch", type=int, default=0,
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
     ref = DataReference(args.reference)         # the same seeded classifier pardiff eval used
     niqe = ({t: niqe_scores(ref.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
-            if ref.niqe is not None else None)  # NIQE-LFW: for the faces only (pardiff/quality.py says why)
+            if ref.niqe is not None else None)  # NIQE: for the photographs only (pardiff/quality.py says why)
     diffs = {}
     for t in tags:
         n = t.split("-")[1]
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
             diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], ref.classify)
             if niqe is not None:
                 d = niqe[t] - niqe[f"ddpm-{n}-B"]
-                diffs[t]["niqe_lfw"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+                diffs[t][ref.niqe_key] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
     groups = {}
     # the groups asked for now and those of an earlier call on this folder (not every group whose tags match:
@@ -243,41 +243,45 @@ def main(argv=None) -> int:
 
 def format_tables(groups, metrics, diffs, batch, reference="lfw") -> str:
     """LFW: the face rate and NIQE-LFW; digits: the rarest and commonest digit's share (the net's
-    calls), no NIQE."""
-    attrs = ("brightness", "contrast", "sharpness", "saturated")
+    calls), no NIQE; photos: colourfulness, the rarest and commonest photo's share and NIQE-photos."""
+    colour = reference == "photos"
+    attrs = ("brightness", "contrast", "sharpness") + (("colourfulness",) if colour else ()) + ("saturated",)
     faces = reference == "lfw"
+    niqe = {"lfw": ("niqe_lfw", "NIQE-LFW"), "photos": ("niqe_photos", "NIQE-photos")}.get(reference)
+    share_of = {"digits": "digit", "photos": "photo"}.get(reference)
     lines = [f"{batch} samples per setting, the same initial noises in every setting. Means ± standard error; "
              "KID ± its spread over random halves; paired Δ = setting − baseline of the same N, per image."]
     for group, tags in groups.items():
-        lines += ["", f"### {group}", "",
-                  "| setting | brightness | contrast | sharpness | saturated | KID | "
-                  + ("face rate" if faces else "digit share (rarest / commonest)") + " | nearest train RMS "
-                  + ("| NIQE-LFW per image (set ± spread over halves) |" if faces else "|"),
-                  "|---|---|---|---|---|---|---|---|" + ("---|" if faces else "")]
+        columns = ["setting", *attrs, "KID", "face rate" if faces else f"{share_of} share (rarest / commonest)",
+                   "nearest train RMS"] + ([f"{niqe[1]} per image (set ± spread over halves)"] if niqe else [])
+        lines += ["", f"### {group}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         for t in tags + (["data"] if group == list(groups)[-1] else []):
             m = metrics[t]
-            cells = [f"{m[a]['mean']:.4f} ± {m[a]['se']:.4f}" for a in attrs]
+            cells = [t] + [f"{m[a]['mean']:.4f} ± {m[a]['se']:.4f}" for a in attrs]
+            cells.append(f"{m['kid']:.3f} ± {m['kid_subset_std']:.3f}")
             if faces:
-                classes = f"{m['face_rate']:.2f}"
+                cells.append(f"{m['face_rate']:.2f}")
             else:
                 share = np.asarray(m["class_counts"]) / sum(m["class_counts"])
-                classes = f"{share.min():.3f} / {share.max():.3f}"
-            lines.append(f"| {t} | " + " | ".join(cells) + f" | {m['kid']:.3f} ± {m['kid_subset_std']:.3f} "
-                         f"| {classes} | {m['nearest_train_rms']:.3f} |"
-                         + (f" {m['niqe_lfw']['mean']:.2f} ± {m['niqe_lfw']['se']:.2f} "
-                            f"({m['niqe_lfw']['set']:.2f} ± {m['niqe_lfw']['set_subset_std']:.2f}) |" if faces else ""))
+                cells.append(f"{share.min():.3f} / {share.max():.3f}")
+            cells.append(f"{m['nearest_train_rms']:.3f}")
+            if niqe:
+                q = m[niqe[0]]
+                cells.append(f"{q['mean']:.2f} ± {q['se']:.2f} ({q['set']:.2f} ± {q['set_subset_std']:.2f})")
+            lines.append("| " + " | ".join(cells) + " |")
         paired_tags = [t for t in tags if t in diffs]
         if paired_tags:
-            lines += ["", "| setting | Δ brightness | Δ contrast | Δ sharpness | Δ saturated "
-                      + ("| Δ NIQE-LFW " if faces else "") + "| RMS to baseline (median) | "
-                      + ("face / non-face changed |" if faces else "digit changed |"),
-                      "|---|---|---|---|---|---|---|" + ("---|" if faces else "")]
+            columns = ["setting"] + [f"Δ {a}" for a in attrs] + ([f"Δ {niqe[1]}"] if niqe else []) \
+                + ["RMS to baseline (median)", "face / non-face changed" if faces else f"{share_of} changed"]
+            lines += ["", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
             for t in paired_tags:
                 d = diffs[t]
-                lines.append(f"| {t} | " + " | ".join(f"{d[a]['mean']:+.4f} ± {d[a]['se']:.4f}" for a in attrs)
-                             + (f" | {d['niqe_lfw']['mean']:+.2f} ± {d['niqe_lfw']['se']:.2f}" if faces else "")
-                             + f" | {d['rms_to_baseline']['mean']:.3f} ({d['rms_to_baseline']['median']:.3f}) "
-                             f"| {d['class_changed']} of {batch} |")
+                cells = [t] + [f"{d[a]['mean']:+.4f} ± {d[a]['se']:.4f}" for a in attrs]
+                if niqe:
+                    cells.append(f"{d[niqe[0]]['mean']:+.2f} ± {d[niqe[0]]['se']:.2f}")
+                cells += [f"{d['rms_to_baseline']['mean']:.3f} ({d['rms_to_baseline']['median']:.3f})",
+                          f"{d['class_changed']} of {batch}"]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -236,7 +236,8 @@ def _add_train_eval(sub) -> None:
                         description="pardiff train --data lfw --steps 4000 --out FOLDER (needs the train extra: "
                                     "pip install -e '.[train]')")
     tr.add_argument("--data", default=d.data, help="lfw (200 LFW crops, faces and non-faces; default) | lfw-faces | "
-                                                    "digits (1797 handwritten digits 0-9, 8x8, resized to --size)")
+                                                    "digits (1797 handwritten digits 0-9, 8x8, resized to --size) | photos (colour: 5120 "
+                                                    "crops of 10 photographs, labelled by photo 0-9)")
     tr.add_argument("--size", type=int, default=d.size, help="image size (default %(default)s)")
     tr.add_argument("--channels", default=d.channels, help="UNet widths per level (default %(default)s)")
     tr.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
@@ -251,7 +252,7 @@ def _add_train_eval(sub) -> None:
     tr.add_argument("--save-dtype", default=d.save_dtype, help="dtype of the saved weights: float16 (default, half "
                                                               "the size) | float32")
     tr.add_argument("--classes", action="store_true",
-                    help="class-conditional on the data's labels (lfw: 0 non-face, 1 face; digits: 0-9), for classifier-free "
+                    help="class-conditional on the data's labels (lfw: 0 non-face, 1 face; digits: 0-9; photos: the photo 0-9), for classifier-free "
                          "guidance (run --class-label C --guidance W)")
     tr.add_argument("--class-drop", type=float,
                     help=f"with --classes: the fraction of labels trained as the null class (default {CLASS_DROP})")
@@ -272,14 +273,15 @@ def _add_train_eval(sub) -> None:
                           "paper's)")
 
     ev = sub.add_parser("eval", help="image statistics and distances of samples written by pardiff run --out",
-                        description="pardiff eval A.npy [B.npy ...] --reference lfw|lfw-faces|digits|digits:D|gmm|none "
+                        description="pardiff eval A.npy [B.npy ...] --reference lfw|lfw-faces|digits|digits:D|photos|photos:K|gmm|none "
                                     "--report FILE.json")
     ev.add_argument("samples", nargs="+", metavar="SAMPLES", help=".npy files from pardiff run --out")
     ev.add_argument("--reference", default="none",
                     help="none (default): image attributes only | lfw: also KID and face rate against the LFW "
                          "training images | lfw-faces: against its 100 faces | digits: also KID and the digits a "
                          "classifier sees, against the 1797 handwritten digits | digits:D: against digit D's, and "
-                         "the rate of samples it calls D | gmm or gmm:CxHxW: also the exact log-likelihood under "
+                         "the rate of samples it calls D | photos, photos:K: the same against the 5120 colour photo crops (or "
+                         "photo K's), with a NIQE fitted on them | gmm or gmm:CxHxW: also the exact log-likelihood under "
                          "the mixture")
     ev.add_argument("--report", help="write the metrics to FILE.json")
     ev.add_argument("--decode", metavar="MODEL", help="the files hold latents of this latent model (pardiff run "

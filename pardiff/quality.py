@@ -15,15 +15,18 @@ pixels at or beyond the range ends (saturated). Against a reference:
 - ``digits`` / ``digits:D``: the same against the 1797 handwritten digits (or digit D's), with a
   ten-digit classifier: per sample set the digits it sees (``class_counts``) and, against digit D,
   the fraction of samples it calls D (``class_rate``: how well guidance to D lands); no NIQE;
+- ``photos`` / ``photos:K``: the same against the 5120 colour crops of ten photographs (or photo K's),
+  with a ten-photo classifier on RGB: ``class_counts`` / ``class_rate`` as for the digits, and
+  ``niqe_photos``, NIQE with its pristine model fitted on the crops;
 - ``gmm`` / ``gmm:CxHxW``: the exact mean log-likelihood under the mixture, beside that of
   exact samples of it.
 
 NIQE (Mittal, Soundararajan and Bovik 2013) is implemented from the paper and its reference MATLAB
 code (MSCN coefficients, GGD / AGGD moment-matching fits, 36 features over two scales, a
-multivariate-Gaussian distance), with one block per image and the "pristine" model fitted on the
-LFW images here: the published model (96×96 blocks of 125 large photographs) has no block inside a
-32×32 image, so ``niqe_lfw`` is an NSS distance to this data set, not the published NIQE scale
-(docs/reproduction.md).
+multivariate-Gaussian distance), on the luma, with one block per image and the "pristine" model
+fitted on the LFW images (``niqe_lfw``) or the photo crops (``niqe_photos``) here: the published model
+(96×96 blocks of 125 large photographs) has no block inside a 32×32 image, so these are NSS
+distances to a data set, not the published NIQE scale (docs/reproduction.md).
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
 # per reference data set, the classifier's input size (samples are resized to it) and training steps:
 # the digits are 8x8 drawings, and at 16x16 the net's receptive field spans a digit (98 % held out
 # after 2000 steps; at 32x32, 94 %)
-FEATURE_NETS = {"lfw": (32, 400), "digits": (16, 2000)}
+FEATURE_NETS = {"lfw": (32, 400), "digits": (16, 2000), "photos": (32, 1000)}
+NIQE_DATA = ("lfw", "photos")   # photographs: natural-scene statistics apply (the digits are drawings)
 
 
 class EvalError(ValueError):
@@ -166,24 +170,41 @@ def image_attributes(x: torch.Tensor) -> dict[str, torch.Tensor]:
 # KID
 # ---------------------------------------------------------------------------------------------
 
-def kid(fx: torch.Tensor, fy: torch.Tensor) -> float:
-    """Unbiased MMD² with k(a, b) = (a·b / d + 1)³ (Bińkowski et al. 2018); fx (m, d), fy (n, d)."""
+def _kid_yy(fy: torch.Tensor) -> torch.Tensor:
+    """KID's reference-only term: the mean kernel over distinct pairs of fy."""
+    n, d = len(fy), fy.shape[1]
+    fy = fy.double()
+    kyy = (fy @ fy.T / d + 1) ** 3
+    return (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+
+
+def kid(fx: torch.Tensor, fy: torch.Tensor, yy: torch.Tensor | None = None) -> float:
+    """Unbiased MMD² with k(a, b) = (a·b / d + 1)³ (Bińkowski et al. 2018); fx (m, d), fy (n, d).
+    ``yy``: ``_kid_yy(fy)`` when already known (the same reference against many sample sets)."""
     m, n, d = len(fx), len(fy), fx.shape[1]
     if m < 2 or n < 2:
         raise ValueError("KID needs at least 2 samples on each side")
     fx, fy = fx.double(), fy.double()
     kxx = (fx @ fx.T / d + 1) ** 3
-    kyy = (fy @ fy.T / d + 1) ** 3
     kxy = (fx @ fy.T / d + 1) ** 3
     return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean())
+                 + (_kid_yy(fy) if yy is None else yy) - 2 * kxy.mean())
 
 
 def kid_subset_std(fx: torch.Tensor, fy: torch.Tensor, repeats: int = 50, seed: int = 0) -> float:
     """Spread of KID over random halves of the samples (KID's usual ± ; about √2 × the full set's)."""
     g = torch.Generator().manual_seed(seed)
-    half = max(2, len(fx) // 2)
-    values = [kid(fx[torch.randperm(len(fx), generator=g)[:half]], fy) for _ in range(repeats)]
+    m, half, d = len(fx), max(2, len(fx) // 2), fx.shape[1]
+    fx, fy = fx.double(), fy.double()
+    # every half's kernels are rows and columns of the full set's: computed once
+    kxx = (fx @ fx.T / d + 1) ** 3
+    kxy_row = ((fx @ fy.T / d + 1) ** 3).mean(1)
+    yy = _kid_yy(fy)
+    values = []
+    for _ in range(repeats):
+        idx = torch.randperm(m, generator=g)[:half]
+        k = kxx[idx][:, idx]
+        values.append(float((k.sum() - k.diagonal().sum()) / (half * (half - 1)) + yy - 2 * kxy_row[idx].mean()))
     return float(np.std(values))
 
 
@@ -195,10 +216,10 @@ class FeatureNet(torch.nn.Module):
     """Three conv layers, global average pooling: 64 features; a linear head on top (one logit for
     two classes, else one per class)."""
 
-    def __init__(self, outputs: int = 1):
+    def __init__(self, outputs: int = 1, channels: int = 1):
         super().__init__()
         self.convs = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(channels, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU())
         self.head = torch.nn.Linear(64, outputs)
@@ -233,7 +254,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
         order = torch.randperm(len(images), generator=g)
         n_test = len(images) // 5
         test, train = order[:n_test], order[n_test:]
-        net = FeatureNet(1 if classes <= 2 else classes)
+        net = FeatureNet(1 if classes <= 2 else classes, images.shape[1])
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
         for _ in range(steps):
             idx = train[torch.randint(len(train), (64,), generator=g)]
@@ -260,25 +281,29 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def parse_reference(reference: str) -> tuple[str, int | None]:
-    """``lfw`` / ``lfw-faces`` / ``digits`` / ``digits:D`` -> (data set, the class kept or None)."""
+    """``lfw`` / ``lfw-faces`` / ``digits`` / ``digits:D`` / ``photos`` / ``photos:K`` -> (data set, the
+    class kept or None)."""
     name, _, label = reference.partition(":")
     if name == "lfw-faces" and not label:
         return "lfw", 1
     if name == "lfw" and not label:
         return "lfw", None
-    if name == "digits":
+    if name in ("digits", "photos"):
         if not label:
-            return "digits", None
+            return name, None
         if label.isdigit() and int(label) <= 9:
-            return "digits", int(label)
-        raise EvalError("--reference", f"digits:D takes one digit D in 0..9; got {reference!r}")
-    raise EvalError("--reference", f"none, lfw, lfw-faces, digits, digits:D, gmm or gmm:CxHxW; got {reference!r}")
+            return name, int(label)
+        what = "digits:D takes one digit D" if name == "digits" else "photos:K takes one photo K"
+        raise EvalError("--reference", f"{what} in 0..9; got {reference!r}")
+    raise EvalError("--reference", f"none, lfw, lfw-faces, digits, digits:D, photos, photos:K, gmm or gmm:CxHxW; "
+                                   f"got {reference!r}")
 
 
 class DataReference:
     """A data set's images (``label``: one class's), the feature net trained on all of them, and the
     reference images' features (standardised by all the images' statistics, whichever the reference
-    set: one feature space). ``lfw``: face / non-face; ``digits``: the ten digits."""
+    set: one feature space). ``lfw``: face / non-face; ``digits``: the ten digits; ``photos``: the ten
+    photographs (RGB)."""
 
     def __init__(self, data: str, label: int | None = None):
         from .data import MIRRORED, load_dataset
@@ -301,13 +326,15 @@ class DataReference:
         self.features = (f[keep] - self.mean) / self.std
         # NIQE's natural-scene statistics fit photographs; the digits are 8x8 drawings magnified, whose
         # statistics are the interpolation's
-        self.niqe = niqe_model(niqe_features(to_unit(self.images))) if data == "lfw" else None
+        self.niqe = niqe_model(niqe_features(to_unit(self.images))) if data in NIQE_DATA else None
+        self.niqe_key = f"niqe_{data}"
 
     def _with_mirror_images(self, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([images, images.flip(-1)]) if self.mirrored else images
 
     def describe(self) -> dict:
-        what = {"lfw": "face / non-face CNN on LFW", "digits": "ten-digit CNN on the handwritten digits"}[self.data]
+        what = {"lfw": "face / non-face CNN on LFW", "digits": "ten-digit CNN on the handwritten digits",
+                "photos": "ten-photograph CNN on the RGB photo crops"}[self.data]
         return {"what": f"{what} (pardiff/quality.py), 64 features, seed 0", "input_size": self.size,
                 "held_out_accuracy": self.accuracy, "reference_images": len(self.images)}
 
@@ -330,9 +357,9 @@ class DataReference:
 
     def metrics(self, x: torch.Tensor) -> dict:
         """KID and its spread and the classes the net sees (at the net's input size), the RMS distance
-        to the nearest training image (at the samples' size if square) of samples x, and NIQE-LFW for LFW.
-        LFW: ``face_rate``; digits: ``class_counts`` (per digit) and, against one digit, ``class_rate``
-        (the fraction the net calls that digit)."""
+        to the nearest training image (at the samples' size if square) of samples x, and NIQE for LFW
+        and the photos. LFW: ``face_rate``; digits, photos: ``class_counts`` (per class) and, against one
+        class, ``class_rate`` (the fraction the net calls that class)."""
         x = x.float().clamp(-1, 1)
         size = x.shape[-1] if x.shape[-1] == x.shape[-2] else self.size     # the training images are square
         flat = _resize(x, size).flatten(1).double()
@@ -353,7 +380,7 @@ class DataReference:
         if self.niqe is not None:
             nf = niqe_features(to_unit(x))
             per_image, whole = niqe_scores(self.niqe, nf)
-            out["niqe_lfw"] = {"mean": float(per_image.mean()),
+            out[self.niqe_key] = {"mean": float(per_image.mean()),
                                "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
                                "set": whole,
                                "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}
@@ -517,10 +544,12 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
     data = None
     if reference != "none" and not reference.startswith("gmm"):
         name, label = parse_reference(reference)
-        bad = [p for p, x in samples.items() if x.shape[1] != 1]
+        from .data import CHANNELS
+        bad = [p for p, x in samples.items() if x.shape[1] != CHANNELS[name]]
         if bad:
-            raise EvalError("--reference", f"the {({'lfw': 'LFW', 'digits': 'digit'})[name]} images are grayscale; "
-                                           f"{bad[0]!r} has {samples[bad[0]].shape[1]} channels")
+            what = {"lfw": "the LFW images are grayscale", "digits": "the digit images are grayscale",
+                    "photos": "the photo crops are RGB"}[name]
+            raise EvalError("--reference", f"{what}; {bad[0]!r} has {samples[bad[0]].shape[1]} channels")
         data = DataReference(name, label)
     files = {}
     for path, x in samples.items():
@@ -544,7 +573,8 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
 
 def format_table(report: dict) -> str:
     """One line per samples file: the attribute means (± standard error) and the distances."""
-    extra = [k for k in ("kid", "face_rate", "class_rate", "nearest_train_rms", "niqe_lfw", "loglik_per_dim")
+    extra = [k for k in ("kid", "face_rate", "class_rate", "nearest_train_rms", "niqe_lfw", "niqe_photos",
+                         "loglik_per_dim")
              if any(k in e for e in report["files"].values())]
     head = ["file", "n", *ATTRIBUTES, *extra]
     rows = [head]

@@ -7,7 +7,7 @@ run on it exactly as on the published DDPM checkpoints. The output folder is wha
 ``load_pretrained`` looks for the schedule: ``--model FOLDER`` loads it.
 
 With ``--classes`` the UNet is class-conditional on the data set's labels (``lfw``: face /
-non-face; ``digits``: 0–9) for classifier-free guidance (Ho & Salimans 2022): one more class
+non-face; ``digits``: 0–9; ``photos``: the photograph, 0–9) for classifier-free guidance (Ho & Salimans 2022): one more class
 embedding, the null class, stands in for the label of a ``--class-drop`` fraction of each batch,
 so the one network predicts both ε(x, t, c) and ε(x, t, ∅). The folder's config marks the null class (``_pardiff_null_class``:
 models/hub.py reads it).
@@ -19,7 +19,7 @@ its latents, scaled to unit variance (the VAE's ``scaling_factor``). The folder 
 ``model_index.json`` (diffusers' ``LDMPipeline``), ``unet/``, ``vqvae/`` and ``scheduler/``.
 
 Images are flipped left to right at random where a mirror image is still one of the data
-(``lfw``; not ``digits``). Every random draw (batch indices, flips, t, noise) comes from one CPU
+(``lfw``, ``photos``; not ``digits``). Every random draw (batch indices, flips, t, noise) comes from one CPU
 generator seeded by ``--seed``, so the data stream is the same on any device; the weights come out
 the same bit for bit on the CPU, and on a GPU up to CUDA's non-deterministic kernels.
 """
@@ -153,10 +153,10 @@ def unet_config(size: int, channels: list[int], in_channels: int = 1, classes: i
                 **({"num_class_embeds": classes + 1} if classes else {}))
 
 
-def vae_config(size: int, channels: list[int], latent_channels: int) -> dict:
-    """An AutoencoderKL for grayscale images: one ResNet block per level, down by 2 per level but the last."""
+def vae_config(size: int, channels: list[int], latent_channels: int, image_channels: int = 1) -> dict:
+    """An AutoencoderKL for images of ``image_channels`` (1 gray, 3 RGB): one ResNet block per level, down by 2 per level but the last."""
     levels = len(channels)
-    return dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * levels,
+    return dict(in_channels=image_channels, out_channels=image_channels, down_block_types=["DownEncoderBlock2D"] * levels,
                 up_block_types=["UpDecoderBlock2D"] * levels, block_out_channels=channels, layers_per_block=1,
                 latent_channels=latent_channels, norm_num_groups=8, sample_size=size)
 
@@ -237,7 +237,7 @@ def _train_vae(cfg: TrainConfig, images, device, gen):
     from diffusers import AutoencoderKL
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        vae = AutoencoderKL(**vae_config(cfg.size, cfg.vae_channel_list(), cfg.latent_channels))
+        vae = AutoencoderKL(**vae_config(cfg.size, cfg.vae_channel_list(), cfg.latent_channels, images.shape[1]))
 
     def loss_fn(step):
         idx = torch.randint(len(images), (cfg.batch,), generator=gen).to(device)
@@ -297,7 +297,7 @@ def train(cfg: TrainConfig) -> dict:
             noise = torch.randn(mean[j].shape, generator=gen).to(device)
             return (mean[j] + std[j] * noise) * scale
     else:
-        channels_in = 1
+        channels_in = data.shape[1]
 
         def clean_batch(idx, flip):
             x0 = data[idx]
@@ -358,7 +358,7 @@ def train(cfg: TrainConfig) -> dict:
            "threads": torch.get_num_threads(), "versions": _versions(diffusers.__version__),
            "date": time.strftime("%Y-%m-%d")}
     if vae_log is not None:
-        log["vae"] = {"config": vae_config(cfg.size, cfg.vae_channel_list(), cfg.latent_channels), **vae_log}
+        log["vae"] = {"config": dict(vae.config), **vae_log}
     if cfg.log:
         write_json(cfg.log, log)
     return log

@@ -104,3 +104,45 @@ def test_a_samples_folder_keeps_its_flags_and_refuses_others(tmp_path):
     record = json.loads((fresh / "sampled.json").read_text())
     assert record["batch"] == 4 and [c["settings"] for c in record["calls"]] == [["first"], ["second"]]
     assert all(c["device"] and c["torch"] and c["date"] for c in record["calls"])
+
+
+def test_quality_sweeps_tables_and_grids(tmp_path):
+    """quality_sweeps' tables: a committed sweep's table.md comes back from its results.json unchanged
+    (digits: no colourfulness, no NIQE), and a colour reference adds the colourfulness and NIQE-photos
+    columns; grid_png writes gray rows as gray and RGB rows as RGB."""
+    import numpy as np
+    from PIL import Image
+    sys.path.insert(0, str(LAUNCH))
+    from quality_study import grid_png
+    from quality_sweeps import format_tables
+    folder = LAUNCH.parent / "traces" / "results" / "2026-11-25_h100_quality_5120" / "digits_cfg_table4"
+    results = json.loads((folder / "results.json").read_text())
+    meta = results["meta"]
+    args = (meta["groups"], results["metrics"], results["paired_vs_baseline"], meta["batch"])
+    assert format_tables(*args, meta["reference"]) == (folder / "table.md").read_text()
+
+    # the same numbers dressed as a colour sweep (the columns, not the values, are under test)
+    metrics = json.loads(json.dumps(results["metrics"]))
+    diffs = json.loads(json.dumps(results["paired_vs_baseline"]))
+    niqe = {"mean": 7.0, "se": 0.1, "set": 3.0, "set_subset_std": 0.2}
+    for m in metrics.values():
+        m.update(colourfulness={"mean": 21.5, "se": 0.25, "std": 1.0}, niqe_photos=niqe)
+    for d in diffs.values():
+        d.update(colourfulness={"mean": -1.25, "se": 0.5}, niqe_photos={"mean": 0.5, "se": 0.25})
+    table = format_tables(meta["groups"], metrics, diffs, meta["batch"], "photos")
+    assert "| colourfulness |" in table and "NIQE-photos per image" in table and "photo share" in table
+    assert "| 21.5000 ± 0.2500 |" in table and "| -1.2500 ± 0.5000 |" in table and "| +0.50 ± 0.25 |" in table
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    width = None                                   # every row of a table has its header's cells
+    for line in rows:
+        if line.startswith("| setting"):
+            width = line.count("|")
+        assert line.count("|") == width, line
+
+    gray = np.linspace(-1, 1, 2 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    rgb = np.stack([np.full((4, 4), v, np.float32) for v in (1, -1, 0)])[None].repeat(2, 0)
+    grid_png(tmp_path / "g.png", [gray], 2, scale=1)
+    grid_png(tmp_path / "c.png", [rgb, rgb], 2, scale=1)
+    g, c = Image.open(tmp_path / "g.png"), Image.open(tmp_path / "c.png")
+    assert g.mode == "L" and g.size == (8, 4) and np.asarray(g)[0, 0] == 0 and np.asarray(g)[3, 7] == 255
+    assert c.mode == "RGB" and c.size == (8, 8) and tuple(np.asarray(c)[5, 6]) == (255, 0, 128)

@@ -141,6 +141,32 @@ def test_evaluate_digits_reference(tmp_path):
     assert "class_rate" not in every["files"][paths[1]] and "niqe_lfw" not in t
 
 
+def test_evaluate_photos_reference(tmp_path):
+    """--reference photos:K: a ten-photograph classifier on RGB; photo 2's crops are photo 2's, at distance
+    0, nearer in KID than photo 7's and in NIQE-photos than blurred crops (a 5x5 blur the KID of 64
+    samples does not separate from the crops: its net sees colour and coarse texture), and colourful;
+    a grayscale copy is not."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    from pardiff.data import load_dataset
+    data, labels = load_dataset("photos", 32)
+    crops = data[labels == 2][:64]
+    gray = crops.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    blurred = torch.nn.functional.avg_pool2d(crops, 5, 1, 2, count_include_pad=False)
+    paths = [str(tmp_path / f) for f in ("crops.npy", "gray.npy", "blurred.npy", "rocket.npy")]
+    for path, x in zip(paths, (crops, gray, blurred, data[labels == 7][:64])):
+        np.save(path, x.contiguous().numpy())
+    report = evaluate(paths, "photos:2")
+    assert report["feature_net"]["held_out_accuracy"] > 0.9 and report["feature_net"]["reference_images"] == 512
+    c, g, b, r = (report["files"][p] for p in paths)
+    assert c["class_rate"] > 0.9 and r["class_rate"] < 0.1
+    assert c["nearest_train_rms"] < 1e-6 < b["nearest_train_rms"]
+    assert c["kid"] + 3 * c["kid_subset_std"] < r["kid"]
+    assert c["niqe_photos"]["mean"] < b["niqe_photos"]["mean"] and "niqe_lfw" not in c
+    assert c["colourfulness"]["mean"] > 10 and g["colourfulness"]["mean"] < 1e-3
+    assert c["brightness"]["mean"] == pytest.approx(g["brightness"]["mean"], abs=0.02)   # luma kept, roughly
+
+
 def test_evaluate_gmm(tmp_path):
     from pardiff.models import load_model
     mixture = load_model("gmm:1x4x4")
@@ -173,8 +199,11 @@ def test_eval_cli(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.npy"], "SAMPLES: 'missing.npy' does not exist"),
-    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, digits, digits:D, gmm or gmm:CxHxW"),
+    (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, digits, digits:D, photos, photos:K, "
+                                           "gmm or gmm:CxHxW"),
     (["a.npy", "--reference", "digits:12"], "--reference: digits:D takes one digit D in 0..9"),
+    (["a.npy", "--reference", "photos:x"], "--reference: photos:K takes one photo K in 0..9"),
+    (["a.npy", "--reference", "photos"], "--reference: the photo crops are RGB; 'a.npy' has 1 channels"),
     (["a.npy", "--reference", "lfw:1"], "--reference: none, lfw"),
     (["a.npy", "--reference", "gmm:0x4x4"], "--reference: gmm shape must be positive"),
     (["rgb.npy", "--reference", "lfw"], "--reference: the LFW images are grayscale"),

@@ -1,5 +1,6 @@
 """pardiff train: a tiny CPU run gives a folder --model loads (pixel space, and latent with an autoencoder);
-the flags' errors; the shipped lfw-32, lfw-32-cfg, digits-32-cfg, lfw-ldm and digits-ldm."""
+the flags' errors; the shipped lfw-32, lfw-32-cfg, digits-32-cfg, lfw-ldm, digits-ldm and photos-32-cfg;
+the photos data set."""
 import json
 import math
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_digits_are_not_mirrored(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     import pardiff.train
     from pardiff.data import MIRRORED
-    assert MIRRORED == {"lfw": True, "lfw-faces": True, "digits": False}
+    assert MIRRORED == {"lfw": True, "lfw-faces": True, "digits": False, "photos": True}
     cfg = dict(TINY, data="digits", steps=3)
     plain = train(TrainConfig(out=str(tmp_path / "plain"), **cfg))
     monkeypatch.setitem(pardiff.train.MIRRORED, "digits", True)
@@ -227,6 +228,59 @@ def test_shipped_digits_32_cfg():
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     three, seven, null = (model.eps(x, 600, torch.tensor(c)) for c in (3, 7, -1))
     assert (three - null).abs().mean() > 1e-3 and (three - seven).abs().mean() > 1e-3
+
+
+def test_photos_data_set():
+    """Ten photographs, 512 crops each, labelled by photo; the crops' geometry is fixed, so a crop made
+    at 16x16 is the 32x32 crop of the same window, at another resolution."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    from pardiff.data import CHANNELS, PHOTOS, load_dataset
+    assert CHANNELS["photos"] == 3 and len(PHOTOS) == 10
+    x32, labels = load_dataset("photos", 32)
+    assert x32.shape == (5120, 3, 32, 32) and x32.dtype == torch.float32
+    assert x32.min() >= -1 and x32.max() <= 1
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(512))
+    x16, _ = load_dataset("photos", 16)
+    down = torch.nn.functional.avg_pool2d(x32, 2)
+    assert ((down - x16) ** 2).mean().sqrt() < 0.05                    # the same windows
+    assert ((down - x16.roll(1, 0)) ** 2).mean().sqrt() > 0.2          # and not any crop
+    # colour: the retina photo is red, the Hubble deep field mostly black
+    retina, hubble = x32[labels == 6], x32[labels == 3]
+    assert (retina[:, 0] - retina[:, 1]).mean() > 0.5 and hubble.mean() < -0.7
+    again, _ = load_dataset("photos", 32)
+    assert torch.equal(again, x32)
+
+
+def test_train_tiny_colour_models(tmp_path):
+    """--data photos: an RGB UNet with ten classes; with --vae-channels an RGB autoencoder whose latents
+    decode to RGB images."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    log = train(TrainConfig(out=str(tmp_path / "p"), **dict(TINY, data="photos", classes=True, steps=3)))
+    assert log["unet"]["in_channels"] == log["unet"]["out_channels"] == 3 and log["classes"] == 10
+    model = load_model(str(tmp_path / "p"))
+    assert model.sample_shape == (3, 16, 16) and model.num_classes == 10
+    log = train(TrainConfig(out=str(tmp_path / "l"), **dict(TINY_LATENT, data="photos", steps=3, vae_steps=3)))
+    assert log["vae"]["config"]["in_channels"] == log["vae"]["config"]["out_channels"] == 3
+    model = load_model(str(tmp_path / "l"))
+    assert model.sample_shape == (2, 8, 8) and model.image_channels == 3
+    assert model.decode(torch.randn(2, 2, 8, 8)).shape == (2, 3, 16, 16)
+
+
+def test_shipped_photos_32_cfg(tmp_path):
+    """The colour model: RGB, labels 0..9 (the photographs), and guidance that lands on a photo's
+    colours: samples guided to the retina (6) come out red, to the Hubble deep field (3) dark."""
+    assert "photos-32-cfg" in model_names()
+    model = load_model("photos-32-cfg")
+    assert model.sample_shape == (3, 32, 32) and model.num_classes == 10
+    assert sum(p.numel() for p in model.module.parameters()) == 6475011      # digits-32-cfg + RGB in and out
+    out = {}
+    for label in (3, 6):
+        pardiff(1, "run", "sequential", "--model", "photos-32-cfg", "--sampler", "ddim", "--steps", "10",
+                "--class-label", label, "--guidance", "2", "--batch", "6", "--out", f"{label}.npy", cwd=tmp_path)
+        out[label] = np.load(tmp_path / f"{label}.npy")
+    assert (out[6][:, 0] - out[6][:, 1]).mean() > 0.3 and out[3].mean() < -0.5
 
 
 @pytest.mark.parametrize("name, data", [("lfw-ldm", "lfw"), ("digits-ldm", "digits")])

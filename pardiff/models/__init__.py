@@ -20,7 +20,7 @@ from .gmm import GaussianMixture
 ARCH_NAMES = ("ddpm-church-256", "ddpm-celebahq-256", "sd2-unet", "dit-xl-2-256")
 # Models we trained ourselves (pardiff train; docs/reproduction.md): name -> folder in models/weights/
 TRAINED = {"lfw-32": "lfw-32", "lfw-32-cfg": "lfw-32-cfg", "digits-32-cfg": "digits-32-cfg", "lfw-ldm": "lfw-ldm",
-           "digits-ldm": "digits-ldm"}
+           "digits-ldm": "digits-ldm", "photos-32-cfg": "photos-32-cfg"}
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _GMM = re.compile(r"^gmm(?::(\d+)x(\d+)x(\d+))?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
