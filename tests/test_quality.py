@@ -8,7 +8,7 @@ import torch
 
 from conftest import pardiff
 from pardiff.quality import (EvalError, brightness, colourfulness, contrast, evaluate, image_attributes, kid,
-                             load_samples, saturated, sharpness)
+                             kid_subset_std, load_samples, saturated, sharpness)
 
 
 def checkerboard(n=6):
@@ -83,6 +83,15 @@ def test_kid():
     assert kid(a, a) == pytest.approx(float(2 / m * (off - k.diagonal().mean())))
     with pytest.raises(ValueError):
         kid(a[:1], b)
+
+
+def test_kid_subset_std_is_the_spread_of_each_halfs_kid():
+    """kid_subset_std reuses the full set's kernels; it equals KID computed afresh on each random half."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(90, 8, generator=g), torch.randn(70, 8, generator=g) + 0.3
+    draws = torch.Generator().manual_seed(5)
+    halves = [kid(x[torch.randperm(90, generator=draws)[:45]], y) for _ in range(20)]
+    assert kid_subset_std(x, y, repeats=20, seed=5) == pytest.approx(float(np.std(halves)), rel=1e-9)
 
 
 def test_evaluate_npy_and_lfw_reference(tmp_path):
