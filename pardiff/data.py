@@ -36,6 +36,15 @@ PHOTOS = (("skimage", "data/astronaut.png"), ("skimage", "data/chelsea.png"), ("
 CROPS_PER_PHOTO = 512
 
 
+def _package_file(dataset: str, package: str, relative: str) -> str:
+    """The path of a file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    path = os.path.join(spec.submodule_search_locations[0], relative) if spec else ""
+    if not os.path.isfile(path):
+        raise ValueError(f"data set {dataset} needs {relative} from the {package} wheel: pip install -e '.[train]'")
+    return path
+
+
 def _lfw():
     import torch
     try:
@@ -50,23 +59,13 @@ def _lfw():
 def _digits():
     import numpy as np
     import torch
-    spec = importlib.util.find_spec("sklearn")                          # finds the package, does not import it
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
-    if not os.path.isfile(path):
-        raise ValueError("data set digits needs scikit-learn (its wheel holds the images): pip install -e '.[train]'")
+    path = _package_file("digits", "sklearn", "datasets/data/digits.csv.gz")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)           # 1797 rows: 64 pixels (0..16), the label
     images = torch.from_numpy(table[:, :64].reshape(-1, 1, 8, 8) / 16)
     labels = torch.from_numpy(table[:, 64]).long()
     return images, labels
 
 
-def _package_file(package: str, relative: str) -> str:
-    spec = importlib.util.find_spec(package)                            # finds the package, does not import it
-    path = os.path.join(spec.submodule_search_locations[0], relative) if spec else ""
-    if not os.path.isfile(path):
-        raise ValueError(f"data set photos needs {relative} from the {package} wheel (scikit-image and "
-                         "scikit-learn ship the photographs): pip install -e '.[train]'")
-    return path
 
 
 @functools.lru_cache(maxsize=4)      # 2 s each: an evaluation asks for the same size more than once
@@ -78,7 +77,7 @@ def _photos(size: int):
     rng = np.random.default_rng(20261125)                               # the crops' geometry: part of the data set
     images, labels = [], []
     for label, (package, relative) in enumerate(PHOTOS):
-        with Image.open(_package_file(package, relative)) as f:
+        with Image.open(_package_file("photos", package, relative)) as f:
             photo = torch.from_numpy(np.asarray(f.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
         h, w = photo.shape[1:]
         sides = np.exp(rng.uniform(np.log(min(h, w) / 8), np.log(min(h, w) / 2), CROPS_PER_PHOTO)).astype(int)

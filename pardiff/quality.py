@@ -191,15 +191,17 @@ def kid(fx: torch.Tensor, fy: torch.Tensor, yy: torch.Tensor | None = None) -> f
                  + (_kid_yy(fy) if yy is None else yy) - 2 * kxy.mean())
 
 
-def kid_subset_std(fx: torch.Tensor, fy: torch.Tensor, repeats: int = 50, seed: int = 0) -> float:
-    """Spread of KID over random halves of the samples (KID's usual ± ; about √2 × the full set's)."""
+def kid_subset_std(fx: torch.Tensor, fy: torch.Tensor, repeats: int = 50, seed: int = 0,
+                   yy: torch.Tensor | None = None) -> float:
+    """Spread of KID over random halves of the samples (KID's usual ± ; about √2 × the full set's).
+    ``yy``: as for ``kid``."""
     g = torch.Generator().manual_seed(seed)
     m, half, d = len(fx), max(2, len(fx) // 2), fx.shape[1]
     fx, fy = fx.double(), fy.double()
     # every half's kernels are rows and columns of the full set's: computed once
     kxx = (fx @ fx.T / d + 1) ** 3
     kxy_row = ((fx @ fy.T / d + 1) ** 3).mean(1)
-    yy = _kid_yy(fy)
+    yy = _kid_yy(fy) if yy is None else yy
     diagonal, values = kxx.diagonal(), []
     for _ in range(repeats):
         idx = torch.randperm(m, generator=g)[:half]
@@ -326,6 +328,7 @@ class DataReference:
             f = self.net.features(images).double()
         self.mean, self.std = f.mean(0), f.std(0) + 1e-6
         self.features = (f[keep] - self.mean) / self.std
+        self._kid_yy = _kid_yy(self.features)          # KID's reference-only term: the same for every sample set
         # NIQE's natural-scene statistics fit photographs; the digits are 8x8 drawings magnified, whose
         # statistics are the interpolation's
         self.niqe = niqe_model(niqe_features(to_unit(self.images))) if data in NIQE_DATA else None
@@ -371,7 +374,8 @@ class DataReference:
         with torch.no_grad():
             f = (self.net.features(x).double() - self.mean) / self.std
         predicted = self.classify(x)
-        out = {"kid": kid(f, self.features), "kid_subset_std": kid_subset_std(f, self.features),
+        out = {"kid": kid(f, self.features, self._kid_yy),
+               "kid_subset_std": kid_subset_std(f, self.features, yy=self._kid_yy),
                "nearest_train_rms": float(nearest.mean()), "nearest_train_rms_min": float(nearest.min())}
         if self.data == "lfw":
             out["face_rate"] = float((predicted == 1).double().mean())
