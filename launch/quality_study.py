@@ -105,7 +105,8 @@ def grid_png(path: Path, rows: list[np.ndarray], cols: int, scale: int = 2) -> N
         for c in range(cols):
             canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = x[c].transpose(1, 2, 0)
     pixels = ((np.clip(canvas, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-    Image.fromarray(pixels[..., 0] if C == 1 else pixels).resize((cols * W * scale, len(rows) * H * scale), Image.NEAREST).save(path)
+    image = Image.fromarray(pixels[..., 0] if C == 1 else pixels)
+    image.resize((cols * W * scale, len(rows) * H * scale), Image.NEAREST).save(path)
 
 
 def main(argv=None) -> int:

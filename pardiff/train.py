@@ -154,9 +154,11 @@ def unet_config(size: int, channels: list[int], in_channels: int = 1, classes: i
 
 
 def vae_config(size: int, channels: list[int], latent_channels: int, image_channels: int = 1) -> dict:
-    """An AutoencoderKL for images of ``image_channels`` (1 gray, 3 RGB): one ResNet block per level, down by 2 per level but the last."""
+    """An AutoencoderKL for images of ``image_channels`` (1 gray, 3 RGB): one ResNet block per level,
+    down by 2 per level but the last."""
     levels = len(channels)
-    return dict(in_channels=image_channels, out_channels=image_channels, down_block_types=["DownEncoderBlock2D"] * levels,
+    return dict(in_channels=image_channels, out_channels=image_channels,
+                down_block_types=["DownEncoderBlock2D"] * levels,
                 up_block_types=["UpDecoderBlock2D"] * levels, block_out_channels=channels, layers_per_block=1,
                 latent_channels=latent_channels, norm_num_groups=8, sample_size=size)
 
