@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import log_sampling_call, paired, sampling_log  # noqa: E402
+from quality_study import evaluate_sets, log_sampling_call, paired, sampling_log  # noqa: E402
 from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 STEPS = 30
@@ -142,12 +142,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for t in tags:                                      # every seed's samples of a setting as one set
             np.save(Path(tmp) / f"{t}.npy", samples[t])
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", "lfw",
-                "--report", str(Path(tmp) / "eval.json"), cwd=Path(tmp))
-        report = json.loads((Path(tmp) / "eval.json").read_text())
-    metrics = {t: report["files"][f"{t}.npy"] for t in tags}
-    from pardiff.quality import DataReference
-    classify = DataReference("lfw").classify
+        metrics, _, per_image = evaluate_sets(tags, Path(tmp), "lfw")
     seq = samples["ddim-30"]
     errors, diffs = {}, {}
     for t in tags[1:]:
@@ -157,7 +152,7 @@ def main(argv=None) -> int:
                      math.sqrt(len(per))), "rms_per_sample_median": float(np.median(per)),
                      "rms_per_sample_max": float(per.max()), "far": int((per > args.far).sum()),
                      "max_abs": float(np.abs(d).max()), "rms_per_sample": [float(f"{v:.5g}") for v in per]}
-        diffs[t] = paired(samples[t], seq, classify)
+        diffs[t] = paired(samples[t], seq, per_image[t], per_image["ddim-30"])
 
     meta = {"model": args.model, "batch": args.batch, "seeds": seeds, "samples": len(seq), "ranks": args.ranks,
             "steps": STEPS, "sampler": "ddim", "far": args.far, "sampled_on": sampled["calls"],

@@ -79,20 +79,33 @@ def settings(steps: list[int], rhos: list[float]) -> list[tuple[str, int, int, l
     return out
 
 
-def paired(x: np.ndarray, base: np.ndarray, classify) -> dict:
-    """Against the baseline sample from the same initial noise: per-image attribute differences
-    (mean ± SE), the RMS pixel distance, and how many samples ``classify`` (a DataReference's: face /
-    non-face, or the digit) calls otherwise."""
-    from pardiff.quality import image_attributes
-    x, base = torch.from_numpy(x), torch.from_numpy(base)
-    a, b = image_attributes(x), image_attributes(base)
+def evaluate_sets(tags: list[str], cwd: Path, reference: str) -> tuple[dict, dict, dict]:
+    """``pardiff eval`` over ``cwd``/TAG.npy of every tag against ``reference``: the report's metrics per tag,
+    its feature-net description, and each set's per-image values (``--per-image``) for ``paired``."""
+    from pardiff.quality import read_per_image
+    with tempfile.TemporaryDirectory() as tmp:
+        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", reference,
+                "--report", f"{tmp}/eval.json", "--per-image", f"{tmp}/per_image.npz", cwd=cwd)
+        report = json.loads(Path(f"{tmp}/eval.json").read_text())
+        per_image = read_per_image(f"{tmp}/per_image.npz")
+    return ({t: report["files"][f"{t}.npy"] for t in tags}, report.get("feature_net"),
+            {t: per_image[f"{t}.npy"] for t in tags})
+
+
+def paired(x: np.ndarray, base: np.ndarray, values: dict, base_values: dict) -> dict:
+    """Against the baseline sample from the same initial noise: per-image attribute (and NIQE) differences
+    (mean ± SE), the RMS pixel distance, and how many samples the feature net (face / non-face, the digit,
+    the photo) calls otherwise. ``values``, ``base_values``: each set's per-image values (evaluate_sets)."""
+    from pardiff.quality import ATTRIBUTES
     out = {}
-    for name in a:
-        d = (a[name] - b[name]).numpy()
+    for name in [*ATTRIBUTES, *(k for k in values if k.startswith("niqe_"))]:
+        d = values[name] - base_values[name]
         out[name] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
+    x, base = torch.from_numpy(x), torch.from_numpy(base)
     rms = ((x.clamp(-1, 1) - base.clamp(-1, 1)) ** 2).flatten(1).mean(1).sqrt()
     out["rms_to_baseline"] = {"mean": float(rms.mean()), "median": float(rms.median())}
-    out["class_changed"] = int((classify(x) != classify(base)).sum())
+    if "class" in values:
+        out["class_changed"] = int((values["class"] != base_values["class"]).sum())
     return out
 
 
@@ -138,15 +151,11 @@ def main(argv=None) -> int:
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:args.batch]
     np.save(work / "data.npy", data[pick].numpy())
     tags = [r[0] for r in runs] + ["data"]
-    pardiff(None, "eval", *[f"{t}.npy" for t in tags], "--reference", "lfw", "--report", "eval.json", cwd=work)
-    report = json.loads((work / "eval.json").read_text())
-    metrics = {t: report["files"][f"{t}.npy"] for t in tags}
+    metrics, feature_net, per_image = evaluate_sets(tags, work, "lfw")
 
     samples = {t: np.load(work / f"{t}.npy") for t in tags}
-    from pardiff.quality import DataReference
-    classify = DataReference("lfw").classify         # the same seeded classifier pardiff eval used
-    diffs = {tag: paired(samples[tag], samples[f"ddpm-{n}-B"], classify) for tag, n, _, _ in runs
-             if not tag.endswith("-B")}
+    diffs = {tag: paired(samples[tag], samples[f"ddpm-{n}-B"], per_image[tag], per_image[f"ddpm-{n}-B"])
+             for tag, n, _, _ in runs if not tag.endswith("-B")}
 
     img_dirs = [out_dir] + ([Path(args.img_dir)] if args.img_dir else [])
     for n in args.steps:
@@ -158,12 +167,12 @@ def main(argv=None) -> int:
     meta = {"model": args.model, "batch": args.batch, "seed": args.seed, "gamma": GAMMA, "steps": args.steps,
             "rho": args.rho, "device": sampling_device(),
             "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "wall_s": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],
+            "wall_s": time.time() - t0, "run_wall_s": wall, "feature_net": feature_net,
             "data_row": f"{args.batch} of the 200 training images (seed 0); its KID and nearest-image distance "
                         "compare a subset with a set that contains it"}
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "metrics": metrics, "paired_vs_baseline": diffs},
                                                      indent=1) + "\n")
-    table = format_tables(tags, metrics, diffs, report["feature_net"]["held_out_accuracy"], args.batch)
+    table = format_tables(tags, metrics, diffs, feature_net["held_out_accuracy"], args.batch)
     (out_dir / "table.md").write_text(table)
     print(table)
     shutil.rmtree(work)

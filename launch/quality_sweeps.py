@@ -49,8 +49,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_study import (decoder_of, grid_png, log_sampling_call, paired,  # noqa: E402  (paired statistics,
-                           sampling_device, sampling_log)            # grids, the sampling record, latents' decoder)
+from quality_study import (decoder_of, evaluate_sets, grid_png, log_sampling_call,  # noqa: E402  (paired
+                           paired, sampling_device, sampling_log)   # statistics, grids, the sampling record, decoder)
 from runner import pardiff, stop_children_on_sigterm  # noqa: E402
 
 GAMMA = 0.015
@@ -188,22 +188,12 @@ def main(argv=None) -> int:
             for t, x in samples.items():
                 np.save(images_dir / f"{t}.npy", x)
         np.save(images_dir / "data.npy", data[pick].numpy())    # the training images: one evaluation, one feature net
-        pardiff(None, "eval", *[f"{t}.npy" for t in tags], "data.npy", "--reference", args.reference,
-                "--report", str(Path(tmp) / "eval.json"), cwd=images_dir)
-        report = json.loads((Path(tmp) / "eval.json").read_text())
-    metrics = {t: report["files"][f"{t}.npy"] for t in tags + ["data"]}
-    from pardiff.quality import DataReference, niqe_features, niqe_scores, to_unit
-    ref = DataReference(args.reference)         # the same seeded classifier pardiff eval used
-    niqe = ({t: niqe_scores(ref.niqe, niqe_features(to_unit(torch.from_numpy(x))))[0] for t, x in samples.items()}
-            if ref.niqe is not None else None)  # NIQE: for the photographs only (pardiff/quality.py says why)
+        metrics, feature_net, per_image = evaluate_sets(tags + ["data"], images_dir, args.reference)
     diffs = {}
-    for t in tags:
+    for t in tags:                  # per image against the baseline: attributes, the class and (photos) NIQE
         n = t.split("-")[1]
         if not t.endswith("-B") and f"ddpm-{n}-B" in samples:
-            diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], ref.classify)
-            if niqe is not None:
-                d = niqe[t] - niqe[f"ddpm-{n}-B"]
-                diffs[t][ref.niqe_key] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+            diffs[t] = paired(samples[t], samples[f"ddpm-{n}-B"], per_image[t], per_image[f"ddpm-{n}-B"])
 
     groups = {}
     # the groups asked for now and those of an earlier call on this folder (not every group whose tags match:
@@ -230,7 +220,7 @@ def main(argv=None) -> int:
             "sampled_on": sampled["calls"], "eval_device": f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "wall_s_this_call": time.time() - t0, "run_wall_s": wall, "feature_net": report["feature_net"],
+            "wall_s_this_call": time.time() - t0, "run_wall_s": wall, "feature_net": feature_net,
             "data_row": f"{n_data} of the {len(data)} training images (seed 0); its KID and nearest-image distance "
                         "compare a subset with a set that contains it"}
     results_path.write_text(json.dumps({"meta": meta, "metrics": metrics, "paired_vs_baseline": diffs},

@@ -284,6 +284,9 @@ def _add_train_eval(sub) -> None:
                          "photo K's), with a NIQE fitted on them | gmm or gmm:CxHxW: also the exact log-likelihood under "
                          "the mixture")
     ev.add_argument("--report", help="write the metrics to FILE.json")
+    ev.add_argument("--per-image", metavar="FILE.npz",
+                    help="also write each image's values (attributes; with a data reference its class, distance to "
+                         "the nearest training image and NIQE) as arrays keyed SAMPLES|METRIC, for paired comparisons")
     ev.add_argument("--decode", metavar="MODEL", help="the files hold latents of this latent model (pardiff run "
                                                       "--out FILE.npy writes latents): decode them through its "
                                                       "autoencoder first")
@@ -578,16 +581,21 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .quality import EvalError, evaluate, format_table
+    from .quality import EvalError, evaluate, format_table, write_per_image
     if args.report:
         check_output("--report", args.report, (".json",))
+    if args.per_image:
+        check_output("--per-image", args.per_image, (".npz",))
+    per_image = {} if args.per_image else None
     try:
-        report = evaluate(args.samples, args.reference, args.decode)
+        report = evaluate(args.samples, args.reference, args.decode, per_image)
     except EvalError as e:
         return _error(e)
     if args.report:
         from .io import write_json
         write_json(args.report, report)
+    if args.per_image:
+        write_per_image(args.per_image, per_image)
     print(format_table(report))
     return 0
 

@@ -360,11 +360,12 @@ class DataReference:
         with torch.no_grad():
             return self.net.classify(_resize(x.float().clamp(-1, 1), self.size))
 
-    def metrics(self, x: torch.Tensor) -> dict:
+    def metrics(self, x: torch.Tensor, per_image: dict | None = None) -> dict:
         """KID and its spread and the classes the net sees (at the net's input size), the RMS distance
         to the nearest training image (at the samples' size if square) of samples x, and NIQE for LFW
         and the photos. LFW: ``face_rate``; digits, photos: ``class_counts`` (per class) and, against one
-        class, ``class_rate`` (the fraction the net calls that class)."""
+        class, ``class_rate`` (the fraction the net calls that class). ``per_image``: a dict to receive
+        each image's class, nearest-image distance and NIQE as arrays."""
         x = x.float().clamp(-1, 1)
         size = x.shape[-1] if x.shape[-1] == x.shape[-2] else self.size     # the training images are square
         flat = _resize(x, size).flatten(1).double()
@@ -385,11 +386,15 @@ class DataReference:
                 out["class_rate"] = float((predicted == self.label).double().mean())
         if self.niqe is not None:
             nf = niqe_features(to_unit(x))
-            per_image, whole = niqe_scores(self.niqe, nf)
-            out[self.niqe_key] = {"mean": float(per_image.mean()),
-                               "se": float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(x) > 1 else 0.0,
-                               "set": whole,
-                               "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}
+            niqe, whole = niqe_scores(self.niqe, nf)
+            out[self.niqe_key] = {"mean": float(niqe.mean()),
+                                  "se": float(niqe.std(ddof=1) / math.sqrt(len(niqe))) if len(x) > 1 else 0.0,
+                                  "set": whole,
+                                  "set_subset_std": niqe_set_subset_std(self.niqe, nf) if len(x) > 3 else 0.0}
+        if per_image is not None:
+            per_image.update({"class": predicted.numpy(), "nearest_train_rms": nearest.numpy()})
+            if self.niqe is not None:
+                per_image[self.niqe_key] = niqe
         return out
 
 
@@ -412,11 +417,17 @@ _RATIOS = None
 
 
 def _shape_from_ratio(r: np.ndarray) -> np.ndarray:
-    """The grid α whose ratio is nearest r (the reference code's table look-up), per row."""
+    """The grid α whose ratio is nearest r (the reference code's table look-up), per row. The ratio rises
+    with α, so a binary search finds the two neighbours of r; the lower wins a tie, as argmin's first."""
     global _RATIOS
     if _RATIOS is None:
         _RATIOS = _gamma_ratio(NIQE_GAMMAS)
-    return NIQE_GAMMAS[np.argmin((_RATIOS[None, :] - np.asarray(r)[:, None]) ** 2, axis=1)]
+        assert np.all(np.diff(_RATIOS) > 0), "the GGD ratio table must rise with alpha"
+    r = np.asarray(r, dtype=np.float64)
+    upper = np.clip(np.searchsorted(_RATIOS, r), 1, len(_RATIOS) - 1)
+    lower = upper - 1
+    pick = np.where((_RATIOS[upper] - r) ** 2 < (_RATIOS[lower] - r) ** 2, upper, lower)
+    return NIQE_GAMMAS[pick]
 
 
 def aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,20 +447,26 @@ def aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return alpha, left * ratio, right * ratio
 
 
-def _gaussian_window(size: int = 7, sigma: float = 7 / 6) -> torch.Tensor:
-    """MATLAB's fspecial('gaussian', 7, 7/6), normalised to sum 1."""
+def _gaussian_taps(size: int = 7, sigma: float = 7 / 6) -> torch.Tensor:
+    """The 1-D factor of MATLAB's fspecial('gaussian', 7, 7/6): its outer product is the 2-D window
+    (normalised to sum 1), so the window filters as one pass along rows and one along columns."""
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
     return g / g.sum()
+
+
+def _gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+    """x (B, 1, H + 6, W + 6) filtered with the 7x7 window, valid part (B, 1, H, W): two 1-D passes."""
+    g = _gaussian_taps().to(x.dtype)
+    return F.conv2d(F.conv2d(x, g[None, None, None, :]), g[None, None, :, None])
 
 
 def mscn(y: torch.Tensor, c: float = 1.0) -> torch.Tensor:
     """Mean-subtracted contrast-normalised coefficients (I − μ) / (σ + C) of luma y (B, H, W) on the
     0..255 scale; μ, σ local, with a 7×7 Gaussian window and replicated borders (imfilter 'replicate')."""
-    w = _gaussian_window().to(y.dtype)[None, None]
     x = F.pad(y[:, None], (3, 3, 3, 3), mode="replicate")
-    mu = F.conv2d(x, w)
-    sigma = (F.conv2d(x * x, w) - mu * mu).abs().sqrt()
+    mu = _gaussian_filter(x)
+    sigma = (_gaussian_filter(x * x) - mu * mu).abs().sqrt()
     return ((y[:, None] - mu) / (sigma + c))[:, 0]
 
 
@@ -492,7 +509,8 @@ def niqe_distance(model: tuple[np.ndarray, np.ndarray], mu: np.ndarray, cov: np.
 def niqe_scores(model, features: np.ndarray) -> tuple[np.ndarray, float]:
     """Per image: NIQE of its one block (its own covariance is 0); for the set: NIQE of the MVG of all its
     feature rows against the model (a distance between feature distributions)."""
-    per_image = np.array([niqe_distance(model, f) for f in features])
+    d = model[0][None, :] - features           # every image against one matrix: (Σ_p / 2)⁺ once
+    per_image = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, np.linalg.pinv(model[1] / 2), d), 0.0))
     whole = niqe_distance(model, *niqe_model(features)) if len(features) > 1 else float(per_image[0])
     return per_image, whole
 
@@ -541,9 +559,13 @@ def _check_reference(reference: str) -> None:
     parse_reference(reference)
 
 
-def evaluate(paths: list[str], reference: str = "none", decode: str | None = None) -> dict:
+def evaluate(paths: list[str], reference: str = "none", decode: str | None = None,
+             per_image: dict | None = None) -> dict:
     """The metrics of each samples file: per-attribute mean, standard deviation and standard error.
-    ``decode``: the files hold latents of this latent model; its autoencoder makes them images first."""
+    ``decode``: the files hold latents of this latent model; its autoencoder makes them images first.
+    ``per_image``: a dict to receive, per file, each image's values ({path: {metric: array}}: the
+    attributes, and with a data reference its class, nearest-image distance and NIQE), for paired
+    comparisons between sets sampled from the same noises."""
     _check_reference(reference)
     decoder = load_decoder(decode) if decode else None
     samples = {path: load_samples(path, decoder) for path in paths}
@@ -560,21 +582,40 @@ def evaluate(paths: list[str], reference: str = "none", decode: str | None = Non
     files = {}
     for path, x in samples.items():
         entry = {"n": len(x), "shape": list(x.shape[1:])}
+        values_of = {}
         for name, values in image_attributes(x).items():
+            values_of[name] = values.numpy()
             n = len(values)
             entry[name] = {"mean": float(values.mean()), "std": float(values.std()) if n > 1 else 0.0,
                            "se": float(values.std() / math.sqrt(n)) if n > 1 else 0.0}
         if data is not None:
-            entry.update(data.metrics(x))
+            entry.update(data.metrics(x, values_of))
         elif reference.startswith("gmm"):
             entry.update(gmm_loglik(x, reference))
         files[path] = entry
+        if per_image is not None:
+            per_image[path] = values_of
     report = {"reference": reference, "files": files}
     if decode:
         report["decoded_with"] = decode
     if data is not None:
         report["feature_net"] = data.describe()
     return report
+
+
+def write_per_image(path: str, per_image: dict) -> None:
+    """``evaluate``'s per-image values as one .npz, an array per (file, metric), keyed "FILE|METRIC"."""
+    np.savez(path, **{f"{f}|{name}": v for f, values in per_image.items() for name, v in values.items()})
+
+
+def read_per_image(path: str) -> dict:
+    """{file: {metric: array}} from ``write_per_image``'s .npz."""
+    out = {}
+    with np.load(path) as z:
+        for key in z.files:
+            f, _, name = key.rpartition("|")
+            out.setdefault(f, {})[name] = z[key]
+    return out
 
 
 def format_table(report: dict) -> str:

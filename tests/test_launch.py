@@ -146,3 +146,35 @@ def test_quality_sweeps_tables_and_grids(tmp_path):
     g, c = Image.open(tmp_path / "g.png"), Image.open(tmp_path / "c.png")
     assert g.mode == "L" and g.size == (8, 4) and np.asarray(g)[0, 0] == 0 and np.asarray(g)[3, 7] == 255
     assert c.mode == "RGB" and c.size == (8, 8) and tuple(np.asarray(c)[5, 6]) == (255, 0, 128)
+
+
+def test_quality_sweeps_evaluates_a_folder_and_pairs_each_image_with_its_baseline(tmp_path):
+    """quality_sweeps --no-run on two hand-made sets, the second the first lightened by 0.1: one pardiff
+    eval gives the per-image values the paired differences are made of (brightness +0.05 on the [0, 1]
+    scale, the RMS distance 0.1, the classes the eval's net gave, NIQE-LFW per image)."""
+    import numpy as np
+    pytest.importorskip("skimage")
+    from pardiff.data import load_dataset
+    samples = tmp_path / "q" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "sampled.json").write_text(json.dumps({"model": "lfw-32", "batch": 8, "seed": 1, "calls": []}))
+    data, _ = load_dataset("lfw", 32)
+    base = (data[::25] * 0.8).numpy()                   # inside [-0.8, 0.8]: lightening clips nothing
+    np.save(samples / "ddpm-10-B.npy", base)
+    np.save(samples / "ddpm-10-1.35.npy", base + 0.1)
+    result = subprocess.run([sys.executable, str(LAUNCH / "quality_sweeps.py"), "--out-dir", str(tmp_path / "q"),
+                             "--groups", "table4", "--batch", "8", "--no-run"],
+                            env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "q" / "results.json").read_text())
+    d = results["paired_vs_baseline"]["ddpm-10-1.35"]
+    assert d["brightness"]["mean"] == pytest.approx(0.05, abs=1e-6) and d["brightness"]["se"] < 1e-6
+    assert d["contrast"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert d["rms_to_baseline"]["median"] == pytest.approx(0.1, abs=1e-6)
+    m = results["metrics"]
+    assert 0 <= d["class_changed"] <= 8 and sorted(m) == ["data", "ddpm-10-1.35", "ddpm-10-B"]
+    assert d["niqe_lfw"]["mean"] == pytest.approx(m["ddpm-10-1.35"]["niqe_lfw"]["mean"]
+                                                  - m["ddpm-10-B"]["niqe_lfw"]["mean"], abs=1e-9)
+    assert d["class_changed"] >= abs(m["ddpm-10-1.35"]["face_rate"] - m["ddpm-10-B"]["face_rate"]) * 8 - 1e-9
+    assert results["meta"]["feature_net"]["held_out_accuracy"] > 0.8
+    assert (tmp_path / "q" / "quality_sweeps_table4.png").exists()

@@ -165,7 +165,8 @@ def test_evaluate_photos_reference(tmp_path):
     paths = [str(tmp_path / f) for f in ("crops.npy", "gray.npy", "blurred.npy", "rocket.npy")]
     for path, x in zip(paths, (crops, gray, blurred, data[labels == 7][:64])):
         np.save(path, x.contiguous().numpy())
-    report = evaluate(paths, "photos:2")
+    per_image = {}
+    report = evaluate(paths, "photos:2", per_image=per_image)
     assert report["feature_net"]["held_out_accuracy"] > 0.9 and report["feature_net"]["reference_images"] == 512
     c, g, b, r = (report["files"][p] for p in paths)
     assert c["class_rate"] > 0.9 and r["class_rate"] < 0.1
@@ -174,6 +175,15 @@ def test_evaluate_photos_reference(tmp_path):
     assert c["niqe_photos"]["mean"] < b["niqe_photos"]["mean"] and "niqe_lfw" not in c
     assert c["colourfulness"]["mean"] > 10 and g["colourfulness"]["mean"] < 1e-3
     assert c["brightness"]["mean"] == pytest.approx(g["brightness"]["mean"], abs=0.02)   # luma kept, roughly
+    # --per-image: each image's values, whose means are the report's
+    for path in paths:
+        values, entry = per_image[path], report["files"][path]
+        assert all(len(v) == 64 for v in values.values())
+        for name in ("brightness", "contrast", "sharpness", "colourfulness", "saturated"):
+            assert values[name].mean() == pytest.approx(entry[name]["mean"], rel=1e-12)
+        assert values["niqe_photos"].mean() == pytest.approx(entry["niqe_photos"]["mean"], rel=1e-12)
+        assert values["nearest_train_rms"].mean() == pytest.approx(entry["nearest_train_rms"], rel=1e-6)
+        assert (values["class"] == 2).mean() == pytest.approx(entry["class_rate"])
 
 
 def test_evaluate_gmm(tmp_path):
@@ -206,6 +216,23 @@ def test_eval_cli(tmp_path):
     assert report["files"]["a.npy"]["contrast"]["mean"] == 0 and report["files"]["a.npy"]["n"] == 3
 
 
+def test_eval_cli_per_image(tmp_path):
+    """--per-image FILE.npz: an array per (file, metric); the attributes without a reference, plus the
+    class, nearest-image distance and NIQE with one."""
+    from pardiff.quality import read_per_image
+    x = np.linspace(-1, 1, 4 * 8 * 8, dtype=np.float32).reshape(4, 1, 8, 8)
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", -x)
+    pardiff(None, "eval", "a.npy", "b.npy", "--report", "r.json", "--per-image", "p.npz", cwd=tmp_path)
+    values, report = read_per_image(str(tmp_path / "p.npz")), json.loads((tmp_path / "r.json").read_text())
+    assert sorted(values) == ["a.npy", "b.npy"]
+    assert sorted(values["a.npy"]) == sorted(["brightness", "contrast", "sharpness", "colourfulness", "saturated"])
+    for f in ("a.npy", "b.npy"):
+        assert values[f]["brightness"].shape == (4,)
+        assert values[f]["brightness"].mean() == pytest.approx(report["files"][f]["brightness"]["mean"])
+    np.testing.assert_allclose(values["a.npy"]["brightness"] + values["b.npy"]["brightness"], 1, atol=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     (["missing.npy"], "SAMPLES: 'missing.npy' does not exist"),
     (["a.npy", "--reference", "imagenet"], "--reference: none, lfw, lfw-faces, digits, digits:D, photos, photos:K, "
@@ -220,6 +247,8 @@ def test_eval_cli(tmp_path):
     (["a.npy", "--reference", "gmm"], "--reference: gmm has shape (3, 32, 32)"),
     (["a.npy", "--report", "no/such/r.json"], "no/such' does not exist"),
     (["a.npy", "--report", "r.txt"], "--report: must end in .json"),
+    (["a.npy", "--per-image", "p.json"], "--per-image: must end in .npz"),
+    (["a.npy", "--per-image", "no/such/p.npz"], "no/such' does not exist"),
     (["ints.npy"], "SAMPLES: 'ints.npy' holds int64 values"),
     (["nan.npy"], "SAMPLES: 'nan.npy' holds NaN or inf values"),
 ])
@@ -271,6 +300,38 @@ def test_mscn_of_flat_and_affine_images():
     y = torch.rand(1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
     # a brightness offset leaves (I − μ) and σ unchanged
     assert torch.allclose(mscn(y), mscn(y + 40), atol=1e-9)
+
+
+def test_mscn_filters_with_the_two_dimensional_window():
+    """mscn's two 1-D passes are the 7x7 window fspecial('gaussian', 7, 7/6) in one 2-D filter, written
+    here from its definition: μ and σ from a direct sum over each pixel's replicated-border window."""
+    from pardiff.quality import mscn
+    r = torch.arange(7, dtype=torch.float64) - 3
+    w = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * (7 / 6) ** 2))
+    w = w / w.sum()
+    y = torch.rand(2, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 255
+    padded = torch.nn.functional.pad(y[:, None], (3, 3, 3, 3), mode="replicate")[:, 0]
+    windows = padded.unfold(1, 7, 1).unfold(2, 7, 1)                    # (B, H, W, 7, 7)
+    mu = (windows * w).sum((-1, -2))
+    sigma = ((windows ** 2 * w).sum((-1, -2)) - mu ** 2).abs().sqrt()
+    torch.testing.assert_close(mscn(y), (y - mu) / (sigma + 1), rtol=0, atol=1e-10)
+
+
+def test_niqe_shape_look_up_and_per_image_scores_as_written():
+    """The binary search finds argmin's grid α (the lower one on a tie, at the grid's midpoints), and
+    the per-image scores are niqe_distance of each row."""
+    from pardiff.quality import NIQE_GAMMAS, _gamma_ratio, _shape_from_ratio, niqe_distance, niqe_scores
+    table = _gamma_ratio(NIQE_GAMMAS)
+    r = np.concatenate([np.random.default_rng(0).uniform(0, 0.8, 5000), table, (table[1:] + table[:-1]) / 2,
+                        [0.0, 1.0]])
+    brute = NIQE_GAMMAS[np.argmin((table[None, :] - r[:, None]) ** 2, axis=1)]
+    np.testing.assert_array_equal(_shape_from_ratio(r), brute)
+    g = np.random.default_rng(1)
+    a = g.standard_normal((40, 5))
+    model = (g.standard_normal(5), a.T @ a / 40)
+    features = g.standard_normal((7, 5))
+    per_image, _ = niqe_scores(model, features)
+    np.testing.assert_allclose(per_image, [niqe_distance(model, f) for f in features], rtol=1e-10)
 
 
 def test_niqe_distance_by_hand():

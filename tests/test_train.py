@@ -93,9 +93,9 @@ def test_digits_are_not_mirrored(tmp_path, monkeypatch):
     from pardiff.data import MIRRORED
     assert MIRRORED == {"lfw": True, "lfw-faces": True, "digits": False, "photos": True}
     cfg = dict(TINY, data="digits", steps=3)
-    plain = train(TrainConfig(out=str(tmp_path / "plain"), **cfg))
+    train(TrainConfig(out=str(tmp_path / "plain"), **cfg))
     monkeypatch.setitem(pardiff.train.MIRRORED, "digits", True)
-    mirrored = train(TrainConfig(out=str(tmp_path / "mirrored"), **cfg))
+    train(TrainConfig(out=str(tmp_path / "mirrored"), **cfg))
     a, b = load_model(str(tmp_path / "plain")), load_model(str(tmp_path / "mirrored"))
     assert any(not torch.equal(p, q) for p, q in zip(a.module.parameters(), b.module.parameters()))
 
