@@ -2,9 +2,10 @@
 
 - ``gmm`` (default) or ``gmm:CxHxW``: the analytic Gaussian mixture (models/gmm.py);
 - ``arch:<name>``: a real architecture from its config with random weights (models/hub.py);
-- ``lfw-32``, ``lfw-32-cfg``, ``digits-32-cfg``, ``lfw-ldm``, ``digits-ldm``: pixel-space DDPMs (the second
-  and third class-conditional, for guidance) and two latent diffusion models trained by ``pardiff train``,
-  their weights shipped in models/weights/;
+- ``lfw-32``, ``lfw-32-cfg``, ``digits-32-cfg``, ``photos-32-cfg``, ``lfw-ldm``, ``digits-ldm``, ``photos-ldm``:
+  pixel-space DDPMs (all but the first class-conditional, for guidance; ``photos-32-cfg`` in colour) and
+  three latent diffusion models (``photos-ldm`` in colour) trained by ``pardiff train``, their weights
+  shipped in models/weights/;
 - a local diffusers folder or a hub id (``org/name``), loaded with ``from_pretrained``.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .gmm import GaussianMixture
 ARCH_NAMES = ("ddpm-church-256", "ddpm-celebahq-256", "sd2-unet", "dit-xl-2-256")
 # Models we trained ourselves (pardiff train; docs/reproduction.md): name -> folder in models/weights/
 TRAINED = {"lfw-32": "lfw-32", "lfw-32-cfg": "lfw-32-cfg", "digits-32-cfg": "digits-32-cfg", "lfw-ldm": "lfw-ldm",
-           "digits-ldm": "digits-ldm", "photos-32-cfg": "photos-32-cfg"}
+           "digits-ldm": "digits-ldm", "photos-32-cfg": "photos-32-cfg", "photos-ldm": "photos-ldm"}
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _GMM = re.compile(r"^gmm(?::(\d+)x(\d+)x(\d+))?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
