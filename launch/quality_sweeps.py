@@ -24,7 +24,8 @@ Groups (--groups):
 
 A latent model's runs write latents; they are decoded through its autoencoder for every statistic and
 grid (once, then ``pardiff eval`` on the images: what ``pardiff eval --decode`` does): ``--model lfw-ldm``
-(memorised), ``--model digits-ldm --reference digits`` (generalises).
+(memorised), ``--model digits-ldm --reference digits`` and ``--model photos-ldm --reference photos``
+(generalise).
 
 Runs whose samples already exist in --out-dir/samples are not run again (a sweep can be resumed or
 extended). Writes to --out-dir: samples/TAG.npy, results.json (eval metrics, paired differences against
