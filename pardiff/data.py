@@ -66,8 +66,6 @@ def _digits():
     return images, labels
 
 
-
-
 @functools.lru_cache(maxsize=4)      # 2 s each: an evaluation asks for the same size more than once
 def _photos(size: int):
     import numpy as np

@@ -500,17 +500,20 @@ def niqe_model(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def niqe_distance(model: tuple[np.ndarray, np.ndarray], mu: np.ndarray, cov: np.ndarray | float = 0.0) -> float:
-    """√((ν_p − ν)ᵀ ((Σ_p + Σ)/2)⁺ (ν_p − ν)): the reference code's quality (pinv of the mean covariance)."""
-    d = model[0] - mu
-    return float(np.sqrt(max(d @ np.linalg.pinv((model[1] + cov) / 2) @ d, 0.0)))
+def niqe_distance(model: tuple[np.ndarray, np.ndarray], mu: np.ndarray,
+                  cov: np.ndarray | float = 0.0) -> float | np.ndarray:
+    """√((ν_p − ν)ᵀ ((Σ_p + Σ)/2)⁺ (ν_p − ν)): the reference code's quality (pinv of the mean covariance).
+    ``mu``: one feature vector (a float back) or rows of them (each row's distance, the pinv taken once)."""
+    d = model[0] - np.asarray(mu)       # one feature vector, or rows of them against one matrix
+    squared = np.einsum("...i,ij,...j->...", d, np.linalg.pinv((model[1] + cov) / 2), d)
+    distance = np.sqrt(np.maximum(squared, 0.0))
+    return float(distance) if distance.ndim == 0 else distance
 
 
 def niqe_scores(model, features: np.ndarray) -> tuple[np.ndarray, float]:
     """Per image: NIQE of its one block (its own covariance is 0); for the set: NIQE of the MVG of all its
     feature rows against the model (a distance between feature distributions)."""
-    d = model[0][None, :] - features           # every image against one matrix: (Σ_p / 2)⁺ once
-    per_image = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, np.linalg.pinv(model[1] / 2), d), 0.0))
+    per_image = niqe_distance(model, features)      # every row against one (Σ_p / 2)⁺
     whole = niqe_distance(model, *niqe_model(features)) if len(features) > 1 else float(per_image[0])
     return per_image, whole
 
